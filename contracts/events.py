@@ -1,0 +1,75 @@
+"""The interaction-event contract: what producers send and what the trainer consumes.
+
+On Kafka an event is one JSON message on topic ``interactions`` keyed by ``user_id``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from datetime import datetime
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_ID_LENGTH = 256
+# Events dated further than this in the future are refused (clock skew allowance).
+MAX_FUTURE_SKEW_S = 24 * 3600
+
+
+class InteractionEvent(BaseModel):
+    """One implicit-feedback interaction: ``user_id`` interacted with ``item_id``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    user_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    item_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
+    timestamp: float = Field(
+        default_factory=time.time,
+        description="Epoch seconds, or an ISO-8601 string; server time when absent",
+    )
+    event_id: str | None = Field(None, min_length=1, max_length=MAX_ID_LENGTH)
+    type: str | None = Field(None, max_length=64)
+    weight: float | None = None
+
+    @field_validator("timestamp", mode="before")
+    @classmethod
+    def _parse_timestamp(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        return value
+
+    @field_validator("timestamp")
+    @classmethod
+    def _check_timestamp(cls, value: float) -> float:
+        if not math.isfinite(value) or value < 0:
+            raise ValueError("timestamp must be a finite, non-negative epoch time")
+        if value > time.time() + MAX_FUTURE_SKEW_S:
+            raise ValueError("timestamp is more than a day in the future")
+        return value
+
+    @field_validator("weight")
+    @classmethod
+    def _check_weight(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("weight must be a finite number")
+        return value
+
+    def dedup_key(self) -> str:
+        """``event_id`` when given, else a hash of the content: identifies re-delivered events."""
+        if self.event_id is not None:
+            return self.event_id
+        raw = f"{self.user_id}\x1f{self.item_id}\x1f{self.timestamp!r}\x1f{self.type}"
+        return hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
+
+    def to_bytes(self) -> bytes:
+        return orjson.dumps(self.model_dump(exclude_none=True))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> InteractionEvent:
+        """Parse one wire message; raises ``ValueError`` (incl. ``ValidationError``) if malformed."""
+        return cls.model_validate(orjson.loads(raw))

@@ -1,0 +1,83 @@
+"""The one settings class shared by the trainer, the server and the CLI.
+
+Every field can be set with an environment variable prefixed ``CCD_`` (for example
+``CCD_KAFKA_BOOTSTRAP_SERVERS``). With neither Kafka nor Redis configured, every process uses the
+embedded event log and model store under ``data_dir``.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CCD_", extra="ignore")
+
+    # --- event stream -------------------------------------------------------------------------
+    kafka_bootstrap_servers: str | None = Field(
+        None, description="Kafka bootstrap servers; unset = embedded SQLite event log"
+    )
+    kafka_topic: str = Field("interactions", description="Topic of interaction events")
+    kafka_dead_letter_topic: str = Field(
+        "interactions.dead-letter", description="Where malformed messages go"
+    )
+    kafka_group_id: str = Field("ccd-trainer", description="Consumer group of the trainer")
+
+    # --- model store --------------------------------------------------------------------------
+    redis_url: str | None = Field(None, description="Redis URL; unset = embedded file store")
+    redis_prefix: str = Field("ccd", description="Prefix of every Redis key and channel")
+    keep_versions: int = Field(5, ge=1, description="Model versions kept for rollback")
+
+    # --- local state --------------------------------------------------------------------------
+    data_dir: Path = Field(
+        Path("ccd-data"), description="Embedded event log, model store and trainer checkpoints"
+    )
+
+    # --- trainer ------------------------------------------------------------------------------
+    learner: Literal["ccd", "bpr"] = Field(
+        "ccd", description="Block learner: the CCD update, or the BPR-MF fine-tuning baseline"
+    )
+    base_block_size: int = Field(20_000, ge=1, description="Events in the first (base) block")
+    block_size: int = Field(5_000, ge=1, description="A block closes after this many events ...")
+    block_interval_s: float = Field(60.0, gt=0, description="... or after this many seconds")
+    min_block_size: int = Field(
+        100, ge=1, description="A block closed by time needs at least this many events"
+    )
+    eval_k: int = Field(20, ge=1, description="K of the prequential Recall@K / NDCG@K")
+    seed: int = Field(0, description="Seed of the trainer's random generators")
+    torch_threads: int = Field(0, ge=0, description="torch threads in the trainer (0 = default)")
+
+    # --- server -------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="Address `ccd serve` binds to")
+    port: int = Field(8000, ge=1, le=65535, description="Port `ccd serve` binds to")
+    max_k: int = Field(1000, ge=1, description="Largest k a request may ask for")
+    reload_poll_s: float = Field(
+        5.0, gt=0, description="Fallback poll for new model versions (pub/sub is the fast path)"
+    )
+    max_events_per_request: int = Field(10_000, ge=1, description="Largest POST /events batch")
+    log_level: str = Field("INFO", description="Python logging level")
+
+    @property
+    def uses_kafka(self) -> bool:
+        return bool(self.kafka_bootstrap_servers)
+
+    @property
+    def uses_redis(self) -> bool:
+        return bool(self.redis_url)
+
+    @cached_property
+    def event_log_path(self) -> Path:
+        return self.data_dir / "events.sqlite"
+
+    @cached_property
+    def model_store_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @cached_property
+    def checkpoint_dir(self) -> Path:
+        return self.data_dir / "checkpoints"
