@@ -1,0 +1,80 @@
+"""Epoch loop with periodic validation, best-state keeping and early stopping."""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class FitResult:
+    """Outcome of ``fit``: the best validation score and when it was reached.
+
+    ``history`` holds (epoch, train_loss, valid_score or None) per epoch run.
+    """
+
+    best_score: float
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    history: list[tuple[int, float, float | None]] = field(default_factory=list)
+
+
+def snapshot(module: nn.Module) -> dict[str, Any]:
+    """A deep copy of ``module.state_dict()`` (tensors cloned, extra state deep-copied)."""
+    return {
+        key: value.detach().clone() if isinstance(value, torch.Tensor) else copy.deepcopy(value)
+        for key, value in module.state_dict().items()
+    }
+
+
+def fit(
+    train_epoch: Callable[[int], float],
+    validate: Callable[[], float] | None,
+    module: nn.Module,
+    max_epochs: int,
+    eval_every: int,
+    patience: int,
+) -> FitResult:
+    """Train ``max_epochs`` epochs, keep the best validated state and restore it at the end.
+
+    Validation runs after epoch e (0-based) when e % eval_every == 0, as in the code (so with
+    max_epochs=10, eval_every=5 only epochs 0 and 5 can be selected). Training stops after
+    ``patience`` consecutive evaluations without a strict improvement (0 = never). Without
+    ``validate`` all epochs run and the final state is kept.
+
+    Args:
+        train_epoch: runs one epoch given its index, returns the training loss.
+        validate: returns the validation score to maximise (e.g. Recall@20).
+        module: whose ``state_dict`` is saved / restored.
+    """
+    result = FitResult(best_score=-math.inf, best_epoch=-1, epochs_run=0, stopped_early=False)
+    best_state = None
+    bad_evals = 0
+    for epoch in range(max_epochs):
+        loss = float(train_epoch(epoch))
+        result.epochs_run = epoch + 1
+        score = None
+        if validate is not None and epoch % eval_every == 0:
+            score = float(validate())
+            if score > result.best_score:
+                result.best_score, result.best_epoch = score, epoch
+                best_state = snapshot(module)
+                bad_evals = 0
+            else:
+                bad_evals += 1
+        result.history.append((epoch, loss, score))
+        if patience > 0 and bad_evals >= patience:
+            result.stopped_early = True
+            break
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    elif validate is None:
+        result.best_epoch = result.epochs_run - 1
+    return result
