@@ -8,10 +8,31 @@ been published.
 
 from __future__ import annotations
 
+import logging
+import sqlite3
+import threading
+import time
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from contracts.events import InteractionEvent
+
+if TYPE_CHECKING:
+    from contracts.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Partitions of a topic this service creates. The one trainer reads all of them anyway; a single
+# partition keeps the global arrival order, so blocks are cut chronologically even when a backlog
+# is replayed (with several, a block would be whatever partition the consumer fetched first).
+DEFAULT_PARTITIONS = 1
+# A dead broker must turn into a quick error for the HTTP caller, not a long hang.
+KAFKA_TIMEOUT_MS = 5_000
+# A block's training can take long; the consumer must not be expelled from its group meanwhile.
+KAFKA_MAX_POLL_INTERVAL_MS = 3_600_000
+# The embedded log has one partition.
+SQLITE_PARTITION = 0
 
 
 class EventLogUnavailable(RuntimeError):
@@ -52,3 +73,296 @@ class EventConsumer(Protocol):
         """Park a malformed message where an operator can find it."""
 
     def close(self) -> None: ...
+
+
+def open_event_log(settings: Settings) -> EventLog:
+    """The producer side the settings select: Kafka if a bootstrap address is set, else SQLite."""
+    if settings.uses_kafka:
+        return KafkaEventLog(settings)
+    return SqliteEventLog(settings.event_log_path)
+
+
+def open_consumer(settings: Settings) -> EventConsumer:
+    """The consumer side the settings select (the trainer's), positioned after its last commit."""
+    if settings.uses_kafka:
+        return KafkaEventConsumer(settings)
+    return SqliteEventConsumer(settings.event_log_path, group_id=settings.kafka_group_id)
+
+
+def next_offsets(records: list[LogRecord]) -> dict[int, int]:
+    """Per partition, the offset after the last of ``records`` (what a commit stores)."""
+    positions: dict[int, int] = {}
+    for record in records:
+        positions[record.partition] = max(positions.get(record.partition, 0), record.offset + 1)
+    return positions
+
+
+# --- Kafka ----------------------------------------------------------------------------------
+
+
+def ensure_topics(settings: Settings, partitions: int = DEFAULT_PARTITIONS) -> None:
+    """Create the events topic and its dead-letter topic when they do not exist yet."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    admin = KafkaAdminClient(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        request_timeout_ms=KAFKA_TIMEOUT_MS,
+        bootstrap_timeout_ms=KAFKA_TIMEOUT_MS,
+        client_id="ccd-admin",
+    )
+    try:
+        missing = {settings.kafka_topic, settings.kafka_dead_letter_topic} - set(
+            admin.list_topics()
+        )
+        for name in sorted(missing):
+            try:
+                topic = NewTopic(name, num_partitions=partitions, replication_factor=1)
+                admin.create_topics([topic], timeout_ms=KAFKA_TIMEOUT_MS)
+                log.info("created Kafka topic %s with %d partitions", name, partitions)
+            except TopicAlreadyExistsError:
+                pass  # another process created it meanwhile
+    finally:
+        admin.close()
+
+
+class KafkaEventLog:
+    """Kafka producer (acks=all, key = user id). The connection is opened on first use, so a
+    server starts even while the broker is down; each failed append raises quickly."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._producer: Any = None
+        self._lock = threading.Lock()
+
+    def _connect(self) -> Any:
+        from kafka import KafkaProducer
+        from kafka.errors import KafkaError
+
+        with self._lock:
+            if self._producer is None:
+                try:
+                    ensure_topics(self._settings)
+                    self._producer = KafkaProducer(
+                        bootstrap_servers=self._settings.kafka_bootstrap_servers,
+                        acks="all",
+                        linger_ms=5,
+                        max_block_ms=KAFKA_TIMEOUT_MS,
+                        request_timeout_ms=KAFKA_TIMEOUT_MS,
+                        delivery_timeout_ms=2 * KAFKA_TIMEOUT_MS,
+                        bootstrap_timeout_ms=KAFKA_TIMEOUT_MS,
+                        client_id="ccd-producer",
+                    )
+                except KafkaError as error:
+                    raise EventLogUnavailable(f"Kafka is unavailable: {error}") from error
+            return self._producer
+
+    def append(self, events: list[InteractionEvent]) -> int:
+        return self.append_raw([e.to_bytes() for e in events], [e.user_id for e in events])
+
+    def append_raw(self, values: list[bytes], keys: list[str | None]) -> int:
+        from kafka.errors import KafkaError
+
+        producer = self._connect()
+        topic = self._settings.kafka_topic
+        try:
+            futures = [
+                producer.send(topic, value=value, key=None if key is None else key.encode())
+                for value, key in zip(values, keys, strict=True)
+            ]
+            producer.flush(timeout=2 * KAFKA_TIMEOUT_MS / 1000)
+            for future in futures:
+                future.get(timeout=2 * KAFKA_TIMEOUT_MS / 1000)
+        except KafkaError as error:
+            raise EventLogUnavailable(f"Kafka did not accept the events: {error}") from error
+        return len(values)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._producer is not None:
+                self._producer.close(timeout=KAFKA_TIMEOUT_MS / 1000)
+                self._producer = None
+
+
+class KafkaEventConsumer:
+    """The trainer's consumer in group ``settings.kafka_group_id``; commits explicitly."""
+
+    def __init__(self, settings: Settings) -> None:
+        from kafka import KafkaConsumer, KafkaProducer
+
+        self._settings = settings
+        ensure_topics(settings)
+        self._consumer = KafkaConsumer(
+            settings.kafka_topic,
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            group_id=settings.kafka_group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_interval_ms=KAFKA_MAX_POLL_INTERVAL_MS,
+            client_id="ccd-trainer",
+        )
+        self._dead_letters = KafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            acks="all",
+            max_block_ms=KAFKA_TIMEOUT_MS,
+            request_timeout_ms=KAFKA_TIMEOUT_MS,
+            delivery_timeout_ms=2 * KAFKA_TIMEOUT_MS,
+            client_id="ccd-dead-letter",
+        )
+
+    def poll(self, max_records: int, timeout_s: float) -> list[LogRecord]:
+        batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        records = [
+            LogRecord(partition=m.partition, offset=m.offset, value=m.value)
+            for messages in batches.values()
+            for m in messages
+        ]
+        return records
+
+    def commit(self, records: list[LogRecord]) -> None:
+        from kafka.structs import OffsetAndMetadata, TopicPartition
+
+        offsets = {
+            TopicPartition(self._settings.kafka_topic, partition): OffsetAndMetadata(offset, "", -1)
+            for partition, offset in next_offsets(records).items()
+        }
+        if offsets:
+            self._consumer.commit(offsets=offsets)
+
+    def dead_letter(self, record: LogRecord, reason: str) -> None:
+        headers = [
+            ("reason", reason.encode()[:1000]),
+            ("source", f"{self._settings.kafka_topic}/{record.partition}/{record.offset}".encode()),
+        ]
+        future = self._dead_letters.send(
+            self._settings.kafka_dead_letter_topic, value=record.value, headers=headers
+        )
+        future.get(timeout=2 * KAFKA_TIMEOUT_MS / 1000)
+
+    def close(self) -> None:
+        self._consumer.close(autocommit=False)
+        self._dead_letters.close(timeout=KAFKA_TIMEOUT_MS / 1000)
+
+
+# --- embedded SQLite ------------------------------------------------------------------------
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT,
+    value BLOB NOT NULL,
+    appended_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS committed (
+    group_id TEXT PRIMARY KEY,
+    next_offset INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    source_offset INTEGER NOT NULL,
+    value BLOB NOT NULL,
+    reason TEXT NOT NULL,
+    dead_at REAL NOT NULL
+);
+"""
+_POLL_SLEEP_S = 0.05
+
+
+def _connect_sqlite(path: Path) -> sqlite3.Connection:
+    """A connection in WAL mode, so one process can append while another reads."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    connection = sqlite3.connect(path, timeout=30.0, check_same_thread=False, isolation_level=None)
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")  # durable at WAL checkpoints; fast appends
+    connection.executescript(_SCHEMA)
+    return connection
+
+
+class SqliteEventLog:
+    """Embedded producer side: appends to a SQLite table; offsets are the autoincrement ids."""
+
+    def __init__(self, path: Path) -> None:
+        self._connection = _connect_sqlite(path)
+        self._lock = threading.Lock()  # one connection shared by the server's worker threads
+
+    def append(self, events: list[InteractionEvent]) -> int:
+        return self.append_raw([e.to_bytes() for e in events], [e.user_id for e in events])
+
+    def append_raw(self, values: list[bytes], keys: list[str | None]) -> int:
+        now = time.time()
+        rows = [(key, value, now) for value, key in zip(values, keys, strict=True)]
+        try:
+            with self._lock:
+                self._connection.execute("BEGIN IMMEDIATE")
+                try:
+                    self._connection.executemany(
+                        "INSERT INTO messages (key, value, appended_at) VALUES (?, ?, ?)", rows
+                    )
+                except BaseException:
+                    self._connection.execute("ROLLBACK")
+                    raise
+                self._connection.execute("COMMIT")
+        except sqlite3.Error as error:
+            raise EventLogUnavailable(f"embedded event log failed: {error}") from error
+        return len(rows)
+
+    def close(self) -> None:
+        with self._lock:
+            self._connection.close()
+
+
+class SqliteEventConsumer:
+    """Embedded consumer side: reads messages after its group's committed offset."""
+
+    def __init__(self, path: Path, group_id: str) -> None:
+        self._connection = _connect_sqlite(path)
+        self._group_id = group_id
+        self._position = self.committed_offset()
+
+    def committed_offset(self) -> int:
+        """The first offset not yet committed by this group (1 before any commit)."""
+        row = self._connection.execute(
+            "SELECT next_offset FROM committed WHERE group_id = ?", (self._group_id,)
+        ).fetchone()
+        return 1 if row is None else int(row[0])
+
+    def poll(self, max_records: int, timeout_s: float) -> list[LogRecord]:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            rows = self._connection.execute(
+                "SELECT seq, value FROM messages WHERE seq >= ? ORDER BY seq LIMIT ?",
+                (self._position, max_records),
+            ).fetchall()
+            if rows or time.monotonic() >= deadline:
+                break
+            time.sleep(min(_POLL_SLEEP_S, max(0.0, deadline - time.monotonic())))
+        if rows:
+            self._position = int(rows[-1][0]) + 1
+        return [LogRecord(SQLITE_PARTITION, int(offset), bytes(value)) for offset, value in rows]
+
+    def commit(self, records: list[LogRecord]) -> None:
+        offset = next_offsets(records).get(SQLITE_PARTITION)
+        if offset is None:
+            return
+        self._connection.execute(
+            "INSERT INTO committed (group_id, next_offset) VALUES (?, ?) ON CONFLICT(group_id) "
+            "DO UPDATE SET next_offset = MAX(next_offset, excluded.next_offset)",
+            (self._group_id, offset),
+        )
+
+    def dead_letter(self, record: LogRecord, reason: str) -> None:
+        self._connection.execute(
+            "INSERT INTO dead_letters (source_offset, value, reason, dead_at) VALUES (?, ?, ?, ?)",
+            (record.offset, record.value, reason, time.time()),
+        )
+
+    def dead_letters(self) -> list[tuple[int, bytes, str]]:
+        """``(source_offset, value, reason)`` of every parked message, oldest first."""
+        rows = self._connection.execute(
+            "SELECT source_offset, value, reason FROM dead_letters ORDER BY id"
+        ).fetchall()
+        return [(int(offset), bytes(value), str(reason)) for offset, value, reason in rows]
+
+    def close(self) -> None:
+        self._connection.close()

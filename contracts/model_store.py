@@ -9,12 +9,25 @@ write it completely, then flip one ``current`` pointer atomically and notify ser
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from contracts.settings import Settings
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 
@@ -128,3 +141,321 @@ class ModelStore(Protocol):
         """Block until a notification arrives or ``timeout_s`` passes; True if notified."""
 
     def close(self) -> None: ...
+
+
+def open_model_store(settings: Settings) -> ModelStore:
+    """The store the settings select: Redis if a URL is set, else versioned files in data_dir."""
+    if settings.uses_redis:
+        return RedisModelStore(settings.redis_url, settings.redis_prefix, settings.keep_versions)
+    return FileModelStore(settings.model_store_dir, settings.keep_versions)
+
+
+def _versions_to_prune(versions: list[int], current: int | None, keep: int) -> list[int]:
+    """The oldest versions beyond ``keep``, never the current one."""
+    return [v for v in sorted(versions)[:-keep] if v != current]
+
+
+# --- embedded: one directory per version ------------------------------------------------------
+
+_POINTER = "CURRENT"
+_BLOB = "model.npz"
+_META = "meta.json"
+_FILE_POLL_S = 0.1
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file: readers see all of it or none."""
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(temporary, "wb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    os.replace(temporary, path)
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(path: Path) -> None:
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+class FileModelStore:
+    """Versions under ``root/v00000001/{model.npz,meta.json}``; ``root/CURRENT`` names the
+    current one. A version directory is renamed into place only when complete, and the pointer
+    file is replaced atomically, so a reader never sees half a version."""
+
+    def __init__(self, root: Path, keep_versions: int = 5) -> None:
+        self.root = Path(root)
+        self.keep_versions = keep_versions
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._seen_pointer = self._pointer_state()
+
+    def _version_dir(self, version: int) -> Path:
+        return self.root / f"v{version:08d}"
+
+    def _pointer_state(self) -> tuple[int, bytes] | None:
+        try:
+            pointer = self.root / _POINTER
+            return pointer.stat().st_mtime_ns, pointer.read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def publish(self, snapshot: ModelSnapshot) -> int:
+        with self._lock_file():
+            self._remove_leftovers()
+            version = max(self.versions(), default=0) + 1
+            snapshot.meta["version"] = version
+            blob, meta = encode_snapshot(snapshot)
+            staging = self.root / f".staging-{uuid.uuid4().hex}"
+            staging.mkdir()
+            _write_durably(staging / _BLOB, blob)
+            _write_durably(staging / _META, json.dumps(meta).encode())
+            os.replace(staging, self._version_dir(version))
+            _fsync_directory(self.root)
+            self._point_at(version)
+            for old in _versions_to_prune(self.versions(), version, self.keep_versions):
+                shutil.rmtree(self._version_dir(old), ignore_errors=True)
+        return version
+
+    def _remove_leftovers(self) -> None:
+        """Staging directories and temporary files of a publisher that died (any that exist
+        while we hold the lock are nobody's)."""
+        for path in self.root.glob(".staging-*"):
+            shutil.rmtree(path, ignore_errors=True)
+        for path in self.root.glob(".*.tmp"):
+            path.unlink(missing_ok=True)
+
+    def _lock_file(self) -> _FileLock:
+        return _FileLock(self.root / ".lock")
+
+    def _point_at(self, version: int) -> None:
+        _write_durably(self.root / _POINTER, f"{version}\n".encode())
+
+    def current_version(self) -> int | None:
+        try:
+            return int((self.root / _POINTER).read_text().strip())
+        except FileNotFoundError:
+            return None
+
+    def load(self, version: int | None = None) -> ModelSnapshot:
+        if version is None:
+            version = self.current_version()
+            if version is None:
+                raise KeyError("no model version has been published yet")
+        directory = self._version_dir(version)
+        try:
+            meta_bytes = (directory / _META).read_bytes()
+            blob = (directory / _BLOB).read_bytes()
+        except FileNotFoundError as error:
+            raise KeyError(f"model version {version} does not exist") from error
+        try:
+            meta = json.loads(meta_bytes)
+        except ValueError as error:
+            raise CorruptModelError(f"version {version}: unreadable metadata") from error
+        return decode_snapshot(blob, meta)
+
+    def versions(self) -> list[int]:
+        found = []
+        for path in self.root.glob("v*"):
+            if path.is_dir() and path.name[1:].isdigit():
+                found.append(int(path.name[1:]))
+        return sorted(found)
+
+    def set_current(self, version: int) -> None:
+        with self._lock_file():
+            if not (self._version_dir(version) / _META).exists():
+                raise KeyError(f"model version {version} does not exist")
+            self._point_at(version)
+
+    def wait_for_update(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            state = self._pointer_state()
+            if state != self._seen_pointer:
+                self._seen_pointer = state
+                return True
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            time.sleep(min(_FILE_POLL_S, remaining))
+
+    def close(self) -> None:
+        pass
+
+
+class _FileLock:
+    """An exclusive ``flock`` so two publishers never pick the same version number."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._file: Any = None
+
+    def __enter__(self) -> _FileLock:
+        self._file = open(self._path, "a+b")
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+        self._file.close()
+
+
+# --- Redis ----------------------------------------------------------------------------------
+
+# Large payloads (1M users x 64 dims is 256 MiB) go in chunks well under Redis' value limits.
+REDIS_CHUNK_BYTES = 4 * 1024 * 1024
+# Chunks sent (or fetched) per round trip.
+_REDIS_CHUNKS_PER_PIPELINE = 8
+# Chunks expire unless the publish completes (which makes them permanent), so a publish that
+# dies half-way leaves no garbage behind.
+_REDIS_STAGING_TTL_S = 3600
+
+
+class RedisModelStore:
+    """Keys under ``prefix``: ``{p}:next_version`` (INCR counter), ``{p}:versions`` (sorted set),
+    ``{p}:model:{v}:meta`` (JSON incl. the chunk count), ``{p}:model:{v}:chunk:{i}`` (blob parts),
+    ``{p}:current`` (the pointer); updates are announced on channel ``{p}:updates``."""
+
+    def __init__(self, url: str, prefix: str = "ccd", keep_versions: int = 5) -> None:
+        import redis
+
+        self._redis = redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5)
+        self.prefix = prefix
+        self.keep_versions = keep_versions
+        self.channel = f"{prefix}:updates"
+        self._pubsub: Any = None
+        self._seen_pointer = self._read_pointer_or_none()
+
+    def _key(self, *parts: object) -> str:
+        return ":".join([self.prefix, *map(str, parts)])
+
+    def publish(self, snapshot: ModelSnapshot) -> int:
+        version = int(self._redis.incr(self._key("next_version")))
+        snapshot.meta["version"] = version
+        blob, meta = encode_snapshot(snapshot)
+        n_chunks = max(1, -(-len(blob) // REDIS_CHUNK_BYTES))
+        for first in range(0, n_chunks, _REDIS_CHUNKS_PER_PIPELINE):
+            pipe = self._redis.pipeline(transaction=False)
+            for index in range(first, min(first + _REDIS_CHUNKS_PER_PIPELINE, n_chunks)):
+                part = blob[index * REDIS_CHUNK_BYTES : (index + 1) * REDIS_CHUNK_BYTES]
+                pipe.set(self._key("model", version, "chunk", index), part, ex=_REDIS_STAGING_TTL_S)
+            pipe.execute()
+        meta["chunks"] = n_chunks
+        pipe = self._redis.pipeline(transaction=True)
+        for index in range(n_chunks):
+            pipe.persist(self._key("model", version, "chunk", index))
+        pipe.set(self._key("model", version, "meta"), json.dumps(meta))
+        pipe.zadd(self._key("versions"), {str(version): version})
+        pipe.set(self._key("current"), version)  # the flip, after every part is stored
+        pipe.execute()
+        self._notify("publish", version)
+        self._prune(version)
+        return version
+
+    def _notify(self, event: str, version: int) -> None:
+        self._redis.publish(self.channel, json.dumps({"event": event, "version": version}))
+
+    def _prune(self, current: int) -> None:
+        for old in _versions_to_prune(self.versions(), current, self.keep_versions):
+            meta = self._redis.get(self._key("model", old, "meta"))
+            n_chunks = int(json.loads(meta).get("chunks", 0)) if meta else 0
+            pipe = self._redis.pipeline(transaction=True)
+            pipe.zrem(self._key("versions"), str(old))
+            pipe.delete(self._key("model", old, "meta"))
+            for index in range(n_chunks):
+                pipe.delete(self._key("model", old, "chunk", index))
+            pipe.execute()
+
+    def current_version(self) -> int | None:
+        value = self._redis.get(self._key("current"))
+        return None if value is None else int(value)
+
+    def _read_pointer_or_none(self) -> int | None:
+        import redis
+
+        try:
+            return self.current_version()
+        except redis.RedisError:
+            return None
+
+    def load(self, version: int | None = None) -> ModelSnapshot:
+        if version is None:
+            version = self.current_version()
+            if version is None:
+                raise KeyError("no model version has been published yet")
+        raw_meta = self._redis.get(self._key("model", version, "meta"))
+        if raw_meta is None:
+            raise KeyError(f"model version {version} does not exist")
+        try:
+            meta = json.loads(raw_meta)
+            n_chunks = int(meta["chunks"])
+        except (ValueError, KeyError, TypeError) as error:
+            raise CorruptModelError(f"version {version}: unreadable metadata") from error
+        parts: list[bytes] = []
+        for first in range(0, n_chunks, _REDIS_CHUNKS_PER_PIPELINE):
+            keys = [
+                self._key("model", version, "chunk", index)
+                for index in range(first, min(first + _REDIS_CHUNKS_PER_PIPELINE, n_chunks))
+            ]
+            values = self._redis.mget(keys)
+            if any(value is None for value in values):
+                raise CorruptModelError(f"version {version}: a chunk is missing")
+            parts.extend(values)
+        meta.pop("chunks")
+        return decode_snapshot(b"".join(parts), meta)
+
+    def versions(self) -> list[int]:
+        return sorted(int(v) for v in self._redis.zrange(self._key("versions"), 0, -1))
+
+    def set_current(self, version: int) -> None:
+        if not self._redis.exists(self._key("model", version, "meta")):
+            raise KeyError(f"model version {version} does not exist")
+        self._redis.set(self._key("current"), version)
+        self._notify("rollback", version)
+
+    def wait_for_update(self, timeout_s: float) -> bool:
+        """True when an update was announced, or when the pointer moved while not subscribed
+        (first call, or after a lost connection)."""
+        import redis
+
+        deadline = time.monotonic() + timeout_s
+        try:
+            if self._pubsub is None:
+                self._pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+                self._pubsub.subscribe(self.channel)
+                if self._pointer_moved():
+                    return True
+            while (remaining := deadline - time.monotonic()) > 0:
+                message = self._pubsub.get_message(timeout=remaining)
+                if message is not None and message.get("type") == "message":
+                    while self._pubsub.get_message(timeout=0) is not None:
+                        pass  # several queued announcements need only one reload
+                    self._seen_pointer = self.current_version()
+                    return True
+            return False
+        except redis.RedisError as error:
+            log.warning("model update channel lost (%s); will resubscribe", error)
+            self._drop_pubsub()
+            time.sleep(max(0.0, min(1.0, deadline - time.monotonic())))
+            return False
+
+    def _pointer_moved(self) -> bool:
+        pointer = self.current_version()
+        moved = pointer != self._seen_pointer
+        self._seen_pointer = pointer
+        return moved
+
+    def _drop_pubsub(self) -> None:
+        if self._pubsub is not None:
+            try:
+                self._pubsub.close()
+            except Exception:  # closing a broken connection may fail again; it is gone anyway
+                pass
+            self._pubsub = None
+
+    def close(self) -> None:
+        self._drop_pubsub()
+        self._redis.close()

@@ -1,0 +1,121 @@
+"""Cutting the event stream into blocks, and recognising re-delivered events."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from contracts.event_log import LogRecord
+from contracts.settings import Settings
+
+
+@dataclass(frozen=True)
+class BlockPolicy:
+    """When a block closes: block 0 after ``base_block_size`` events; later blocks after
+    ``block_size`` events or ``interval_s`` seconds since their first event, whichever comes
+    first, a time-closed block needing at least ``min_block_size`` events."""
+
+    base_block_size: int
+    block_size: int
+    interval_s: float
+    min_block_size: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BlockPolicy:
+        return cls(
+            base_block_size=settings.base_block_size,
+            block_size=settings.block_size,
+            interval_s=settings.block_interval_s,
+            min_block_size=settings.min_block_size,
+        )
+
+
+@dataclass
+class OpenBlock:
+    """Events gathered for block ``index`` so far (indices into the id maps) and the log
+    positions it spans (every record read, malformed and duplicate ones included)."""
+
+    index: int
+    policy: BlockPolicy
+    known_users: int = 0  # id-map sizes when the block opened
+    known_items: int = 0
+    clock: Callable[[], float] = time.monotonic
+    users: list[int] = field(default_factory=list)
+    items: list[int] = field(default_factory=list)
+    first_timestamp: float = float("inf")
+    last_timestamp: float = float("-inf")
+    records: list[LogRecord] = field(default_factory=list)
+    opened_at: float | None = None  # clock time of the first event
+
+    def add_record(self, record: LogRecord) -> None:
+        """Count ``record``'s position as part of this block (to commit with it)."""
+        self.records.append(record)
+
+    def add_event(self, user: int, item: int, timestamp: float) -> None:
+        if self.opened_at is None:
+            self.opened_at = self.clock()
+        self.users.append(user)
+        self.items.append(item)
+        self.first_timestamp = min(self.first_timestamp, timestamp)
+        self.last_timestamp = max(self.last_timestamp, timestamp)
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def should_close(self) -> bool:
+        if self.index == 0:
+            return len(self) >= self.policy.base_block_size
+        if len(self) >= self.policy.block_size:
+            return True
+        return len(self) >= self.policy.min_block_size and self.seconds_left() <= 0
+
+    def seconds_left(self) -> float:
+        """Until the interval runs out (inf while the block has no event)."""
+        if self.opened_at is None or self.index == 0:
+            return float("inf")
+        return self.opened_at + self.policy.interval_s - self.clock()
+
+
+def dedup_hash(key: str) -> int:
+    """A signed 64-bit hash of a ``dedup_key()`` (8 bytes per key instead of a string)."""
+    return int.from_bytes(
+        hashlib.blake2b(key.encode(), digest_size=8).digest(), "little", signed=True
+    )
+
+
+class DedupWindow:
+    """The last ``capacity`` event keys, for dropping re-delivered events. Older keys are
+    forgotten (first in, first out), which bounds memory; re-deliveries come soon after the
+    original, so a window of recent keys catches them."""
+
+    def __init__(self, capacity: int, keys: Iterable[int] = ()) -> None:
+        self.capacity = capacity
+        self._order: deque[int] = deque()
+        self._members: set[int] = set()
+        for key in keys:
+            self.add(key)
+
+    def add(self, key: int) -> bool:
+        """Remember ``key``; False if it was already in the window (a duplicate)."""
+        if key in self._members:
+            return False
+        self._members.add(key)
+        self._order.append(key)
+        if len(self._order) > self.capacity:
+            self._members.discard(self._order.popleft())
+        return True
+
+    def __contains__(self, key: int) -> bool:
+        return key in self._members
+
+    def __len__(self) -> int:
+        return len(self._order)
+
+    def to_array(self) -> np.ndarray:
+        """The keys oldest first, (n,) int64: ``DedupWindow(capacity, array)`` restores it."""
+        return np.fromiter(self._order, dtype=np.int64, count=len(self._order))

@@ -1,0 +1,437 @@
+"""The trainer process: event stream -> blocks -> evaluate, learn, publish, checkpoint, commit.
+
+For every closed block, in this order:
+1. split it (``models.data.split_block``, no test part: the stream itself is the test),
+2. evaluate the deployed student on it prequentially (before it has seen the block),
+3. ``learner.learn_block(block)``,
+4. publish the student to the model store,
+5. checkpoint the trainer (learner, id maps, seen pairs, dedup window, log positions),
+6. commit the block's log positions.
+A crash anywhere re-reads the uncommitted events on restart; those already in the checkpoint
+(crash between 5 and 6) are recognised by their positions and skipped, re-delivered copies of
+applied events by their ``dedup_key()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import ValidationError
+
+from contracts.event_log import EventConsumer, LogRecord, next_offsets, open_consumer
+from contracts.events import InteractionEvent
+from contracts.model_store import ModelSnapshot, ModelStore, open_model_store
+from contracts.settings import Settings
+from models.api import BlockData, BlockLearner, Embeddings, Interactions
+from models.data import split_block
+from models.metrics import embedding_scorer, ranking_metrics
+from trainer.blocks import BlockPolicy, DedupWindow, OpenBlock, dedup_hash
+from trainer.checkpoint import load_latest_checkpoint, save_checkpoint
+from trainer.ids import IdMap
+
+log = logging.getLogger(__name__)
+
+POLL_RECORDS = 1_000
+POLL_TIMEOUT_S = 1.0  # upper bound on how long a stop request waits
+DEDUP_CAPACITY = 500_000  # recent event keys remembered (8 bytes of hash each, plus set overhead)
+PUBLISH_RETRY_MAX_S = 30.0
+# The bpr learner's settings for streaming blocks: a higher rate and smaller batches than the
+# baseline's defaults, so that blocks of a few thousand events train in a few dozen steps.
+STREAM_BPR = {"lr": 0.01, "batch_size": 256}
+_PAIR_SHIFT = 32  # a seen (user, item) pair is stored as user << 32 | item
+
+
+@dataclass
+class TrainerStats:
+    """Counters for logs and metrics; read from other threads without locking (plain values)."""
+
+    events_consumed: int = 0  # valid, new events added to blocks
+    malformed: int = 0
+    duplicates: int = 0
+    skipped_applied: int = 0  # re-read after a crash, already in the checkpoint
+    blocks: int = 0
+    last_version: int | None = None
+    last_publish_time: float | None = None
+    last_block_seconds: float | None = None
+    last_metrics: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def build_learner(settings: Settings) -> tuple[BlockLearner, str]:
+    """The learner ``settings.learner`` names, and the name actually used ("ccd" falls back to
+    "bpr" with a warning while the CCD learner cannot be imported)."""
+    if settings.learner == "ccd":
+        try:
+            from models.ccd import CCDConfig, CCDLearner
+
+            return CCDLearner(CCDConfig.preset("stream")), "ccd"
+        except ImportError as error:
+            log.warning("CCD learner unavailable (%s); falling back to the bpr learner", error)
+    from models.baselines import FineTuneLearner
+
+    return FineTuneLearner(seed=settings.seed, **STREAM_BPR), "bpr"
+
+
+def run_trainer(
+    settings: Settings, stop: threading.Event | None = None, max_blocks: int | None = None
+) -> None:
+    """Run the trainer until ``stop`` is set or ``max_blocks`` blocks were published. While the
+    event log or the model store cannot be reached at start, it retries."""
+    stop = stop or threading.Event()
+    trainer = _start_trainer(settings, stop)
+    if trainer is None:
+        return
+    try:
+        trainer.run(stop, max_blocks)
+    finally:
+        trainer.close()
+
+
+def _start_trainer(settings: Settings, stop: threading.Event) -> Trainer | None:
+    """A trainer, once Kafka/Redis answer; None if stopped while waiting for them."""
+    import kafka.errors
+    import redis
+
+    delay = 1.0
+    while True:
+        try:
+            return Trainer(settings)
+        except (kafka.errors.KafkaError, redis.RedisError, OSError) as error:
+            log.error("cannot start the trainer (%s); retrying in %.0f s", error, delay)
+        if stop.wait(delay):
+            return None
+        delay = min(2 * delay, PUBLISH_RETRY_MAX_S)
+
+
+class Trainer:
+    """One trainer over the configured (or given) consumer, store and learner."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        consumer: EventConsumer | None = None,
+        store: ModelStore | None = None,
+        learner: BlockLearner | None = None,
+        learner_name: str | None = None,
+    ) -> None:
+        self.settings = settings
+        if settings.torch_threads > 0:
+            torch.set_num_threads(settings.torch_threads)
+        torch.manual_seed(settings.seed)
+        if learner is None:
+            learner, learner_name = build_learner(settings)
+        self.learner = learner
+        self.learner_name = learner_name or type(learner).__name__
+        self.consumer = consumer if consumer is not None else open_consumer(settings)
+        self.store = store if store is not None else open_model_store(settings)
+        self.policy = BlockPolicy.from_settings(settings)
+        self.stats = TrainerStats()
+        self.users = IdMap()
+        self.items = IdMap()
+        self.item_counts = np.zeros(0, dtype=np.int64)
+        self.seen = np.zeros(0, dtype=np.int64)  # sorted pair keys of closed blocks
+        self.dedup = DedupWindow(DEDUP_CAPACITY)
+        self.applied_offsets: dict[int, int] = {}  # per partition: next offset not in a block
+        self.deployed: Embeddings | None = None
+        self.block = self._open_block(0)
+        try:
+            self._restore()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open_block(self, index: int) -> OpenBlock:
+        return OpenBlock(
+            index, self.policy, known_users=len(self.users), known_items=len(self.items)
+        )
+
+    # --- state --------------------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        state = load_latest_checkpoint(self.settings.checkpoint_dir)
+        if state is None:
+            return
+        if state["learner"] != self.learner_name:
+            raise RuntimeError(
+                f"the checkpoint in {self.settings.checkpoint_dir} was written by learner "
+                f"{state['learner']!r}, this trainer runs {self.learner_name!r}: set "
+                f"CCD_LEARNER={state['learner']} or remove the data directory"
+            )
+        self.learner.load_state_dict(state["learner_state"])
+        self.users = IdMap(state["user_ids"])
+        self.items = IdMap(state["item_ids"])
+        self.item_counts = state["item_counts"].numpy()
+        self.seen = state["seen"].numpy()
+        self.dedup = DedupWindow(DEDUP_CAPACITY, state["dedup"].tolist())
+        self.applied_offsets = {int(p): int(o) for p, o in state["offsets"].items()}
+        counters = state["stats"]
+        self.stats.blocks = int(counters["blocks"])
+        self.stats.last_version = counters["last_version"]
+        self.deployed = self.learner.student()
+        self.block = self._open_block(int(state["next_block"]))
+        log.info(
+            "resumed before block %d: %d users, %d items, model version %s, log positions %s",
+            self.block.index,
+            len(self.users),
+            len(self.items),
+            self.stats.last_version,
+            self.applied_offsets,
+        )
+
+    def _checkpoint(self) -> None:
+        state = {
+            "next_block": self.block.index + 1,
+            "learner": self.learner_name,
+            "learner_state": self.learner.state_dict(),
+            "user_ids": self.users.ids,
+            "item_ids": self.items.ids,
+            "item_counts": torch.from_numpy(self.item_counts),
+            "seen": torch.from_numpy(self.seen),
+            "dedup": torch.from_numpy(self.dedup.to_array()),
+            "offsets": dict(self.applied_offsets),
+            "stats": {"blocks": self.stats.blocks, "last_version": self.stats.last_version},
+        }
+        save_checkpoint(self.settings.checkpoint_dir, self.block.index, state)
+
+    # --- main loop ----------------------------------------------------------------------------
+
+    def run(self, stop: threading.Event | None = None, max_blocks: int | None = None) -> None:
+        stop = stop or threading.Event()
+        done = 0
+        log.info("trainer started (learner %s)", self.learner_name)
+        while not stop.is_set() and (max_blocks is None or done < max_blocks):
+            left = self.block.seconds_left()  # <= 0: due, but waits for min_block_size events
+            timeout = min(POLL_TIMEOUT_S, left) if left > 0 else POLL_TIMEOUT_S
+            records = self.consumer.poll(POLL_RECORDS, timeout)
+            for record in records:
+                self._ingest(record)
+                if self.block.should_close():
+                    done += self._close_block(stop)
+                    if stop.is_set() or (max_blocks is not None and done >= max_blocks):
+                        break  # the rest stays uncommitted and is read again next time
+            else:
+                if self.block.should_close():
+                    done += self._close_block(stop)
+        log.info("trainer stopped after %d blocks this run", done)
+
+    def _ingest(self, record: LogRecord) -> None:
+        """Add one raw message to the open block (or count why not)."""
+        if record.offset < self.applied_offsets.get(record.partition, 0):
+            self.stats.skipped_applied += 1  # already inside a checkpointed block
+            return
+        self.block.add_record(record)
+        try:
+            event = InteractionEvent.from_bytes(record.value)
+        except (ValueError, ValidationError) as error:
+            self._reject(record, error)
+            return
+        if not self.dedup.add(dedup_hash(event.dedup_key())):
+            self.stats.duplicates += 1
+            return
+        user, item = self.users.add(event.user_id), self.items.add(event.item_id)
+        self.block.add_event(user, item, event.timestamp)
+        self.stats.events_consumed += 1
+
+    def _reject(self, record: LogRecord, error: Exception) -> None:
+        self.stats.malformed += 1
+        reason = str(error).replace("\n", " ")[:500]
+        log.warning(
+            "malformed message at %d/%d (%s): %r",
+            record.partition,
+            record.offset,
+            reason,
+            record.value[:200],
+        )
+        try:
+            self.consumer.dead_letter(record, reason)
+        except Exception as dead_letter_error:  # never let one bad message stall the stream
+            log.error(
+                "could not dead-letter %d/%d: %s",
+                record.partition,
+                record.offset,
+                dead_letter_error,
+            )
+
+    # --- one block ----------------------------------------------------------------------------
+
+    def _close_block(self, stop: threading.Event) -> int:
+        """Process the open block; returns 1 if it was published, 0 if stopped before."""
+        block, started = self.block, time.perf_counter()
+        seconds: dict[str, float] = {}
+        users = np.asarray(block.users, dtype=np.int64)
+        items = np.asarray(block.items, dtype=np.int64)
+        pairs = np.unique(pair_keys(users, items))  # repeats within a block count once
+        data = split_block(
+            torch.from_numpy(pairs >> _PAIR_SHIFT),
+            torch.from_numpy(pairs & ((1 << _PAIR_SHIFT) - 1)),
+            len(self.users),
+            len(self.items),
+            block.index,
+            seed=self.settings.seed + block.index,
+            with_test=False,
+        )
+        tick = time.perf_counter()
+        metrics = self._prequential(pairs)
+        seconds["evaluate"] = time.perf_counter() - tick
+
+        tick = time.perf_counter()
+        report = self.learner.learn_block(data)
+        seconds["learn"] = time.perf_counter() - tick
+        seconds.update({f"learn.{k}": v for k, v in report.stage_seconds.items()})
+
+        self.item_counts = np.concatenate(
+            [self.item_counts, np.zeros(len(self.items) - len(self.item_counts), np.int64)]
+        )
+        np.add.at(self.item_counts, items, 1)
+        student = self.learner.student()
+        meta = self._block_meta(block, data, metrics, seconds)
+        tick = time.perf_counter()
+        version = self._publish(student, meta, stop)
+        if version is None:
+            return 0
+        seconds["publish"] = time.perf_counter() - tick
+
+        self.deployed = student
+        self.seen = np.union1d(self.seen, pairs)
+        for partition, offset in next_offsets(block.records).items():
+            self.applied_offsets[partition] = max(self.applied_offsets.get(partition, 0), offset)
+        self.stats.blocks += 1
+        self.stats.last_version = version
+        tick = time.perf_counter()
+        self._checkpoint()
+        seconds["checkpoint"] = time.perf_counter() - tick
+        self._commit(block.records)
+        self.stats.last_block_seconds = time.perf_counter() - started
+        self.stats.last_metrics = metrics
+        self._log_block(meta, seconds, version)
+        self.block = self._open_block(block.index + 1)
+        return 1
+
+    def _prequential(self, pairs: np.ndarray) -> dict[str, float]:
+        """Recall/NDCG@eval_k of the deployed student on this block's pairs, full ranking,
+        excluding (from ranking and targets) what each user interacted with in earlier blocks.
+        Users the student does not know are skipped; items it does not know count as misses."""
+        if self.deployed is None:
+            return {}
+        fresh = pairs[~np.isin(pairs, self.seen, assume_unique=True)]
+        k = self.settings.eval_k
+        result = ranking_metrics(
+            embedding_scorer(self.deployed),
+            _pairs_to_interactions(fresh),
+            [_pairs_to_interactions(self.seen)],
+            ks=(k,),
+        )
+        return {
+            f"recall@{k}": result[f"recall@{k}"],
+            f"ndcg@{k}": result[f"ndcg@{k}"],
+            "users": result["users"],
+        }
+
+    def _block_meta(
+        self,
+        block: OpenBlock,
+        data: BlockData,
+        metrics: dict[str, float],
+        seconds: dict[str, float],
+    ) -> dict[str, Any]:
+        """Metadata published with the version (the store adds version, checksum and sizes)."""
+        return {
+            "block_index": block.index,
+            "trained_at": time.time(),
+            "data_range": {
+                "first_timestamp": block.first_timestamp,
+                "last_timestamp": block.last_timestamp,
+            },
+            "events": len(block),
+            "n_users": data.n_users,
+            "n_items": data.n_items,
+            "new_users": data.n_users - block.known_users,
+            "new_items": data.n_items - block.known_items,
+            "train_pairs": len(data.train),
+            "valid_pairs": len(data.valid),
+            "prequential": metrics,
+            "stage_seconds": dict(seconds),
+            "learner": self.learner_name,
+        }
+
+    def _publish(
+        self, student: Embeddings, meta: dict[str, Any], stop: threading.Event
+    ) -> int | None:
+        """Publish with retries (the store may be briefly down); None if stopped meanwhile."""
+        snapshot = ModelSnapshot(
+            user_ids=self.users.ids,
+            item_ids=self.items.ids,
+            user_embeddings=student.users.detach().cpu().numpy().astype(np.float32),
+            item_embeddings=student.items.detach().cpu().numpy().astype(np.float32),
+            item_popularity=self.item_counts.astype(np.float32),
+            meta=meta,
+        )
+        delay = 1.0
+        while True:
+            try:
+                version = self.store.publish(snapshot)
+                self.stats.last_publish_time = time.time()
+                return version
+            except Exception as error:
+                if not _is_store_outage(error):
+                    raise
+                log.error("model store unavailable (%s); retrying in %.0f s", error, delay)
+            if stop.wait(delay):
+                return None
+            delay = min(2 * delay, PUBLISH_RETRY_MAX_S)
+
+    def _commit(self, records: list[LogRecord]) -> None:
+        try:
+            self.consumer.commit(records)
+        except Exception as error:  # positions are in the checkpoint; a re-read is skipped
+            log.error("committing log positions failed (%s); they will be re-read", error)
+
+    def _log_block(self, meta: dict[str, Any], seconds: dict[str, float], version: int) -> None:
+        metrics = meta["prequential"]
+        quality = ", ".join(
+            f"{name}={value:.4f}" for name, value in metrics.items() if name != "users"
+        )
+        log.info(
+            "block %d: %d events (%d new users, %d new items; %d / %d in total) -> version %d; "
+            "prequential %s (%d users); %s",
+            meta["block_index"],
+            meta["events"],
+            meta["new_users"],
+            meta["new_items"],
+            meta["n_users"],
+            meta["n_items"],
+            version,
+            quality or "n/a (first model)",
+            int(metrics.get("users", 0)),
+            " ".join(f"{stage} {s:.2f}s" for stage, s in seconds.items()),
+        )
+
+    def close(self) -> None:
+        self.consumer.close()
+        self.store.close()
+
+
+def pair_keys(users: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """(user, item) index pairs (n,) each as one int64 key ``user << 32 | item`` (n,)."""
+    return users.astype(np.int64) << _PAIR_SHIFT | items.astype(np.int64)
+
+
+def _pairs_to_interactions(keys: np.ndarray) -> Interactions:
+    return Interactions(
+        torch.from_numpy(keys >> _PAIR_SHIFT), torch.from_numpy(keys & ((1 << _PAIR_SHIFT) - 1))
+    )
+
+
+def _is_store_outage(error: Exception) -> bool:
+    """A transient store failure worth retrying: an I/O error, or a Redis connection/timeout."""
+    import redis
+
+    return isinstance(error, (OSError, redis.ConnectionError, redis.TimeoutError))
