@@ -1,0 +1,445 @@
+"""The ``ccd`` command: serve, train, up, produce, replay, version.
+
+Settings come from ``contracts.settings.Settings`` (environment variables ``CCD_*``); a flag given
+on the command line overrides the matching field. Heavy imports (torch, FastAPI) happen inside the
+subcommands so that ``ccd --help`` stays quick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("ccd")
+
+# `ccd up` defaults, chosen so a first run shows new model versions within a minute on a laptop:
+# small blocks, a fast synthetic stream, a short block timer. Each yields to a CCD_* variable or
+# a flag that sets the same field.
+UP_SETTINGS = {"base_block_size": 2_000, "block_size": 1_000, "block_interval_s": 10.0}
+UP_RATE = 100.0
+UP_USERS = 1_000
+UP_ITEMS = 500
+# How long `ccd up` waits for a child to exit after SIGTERM before killing it.
+CHILD_STOP_TIMEOUT_S = 15.0
+
+
+def package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ccd-recommender")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+def load_settings(overrides: dict[str, Any], defaults: dict[str, Any] | None = None) -> Any:
+    """``Settings`` from the environment, then ``defaults`` for fields the environment left
+    unset, then ``overrides`` (flags given on the command line; None = not given)."""
+    from contracts.settings import Settings
+
+    from_env = Settings()
+    values = {
+        name: value
+        for name, value in (defaults or {}).items()
+        if name not in from_env.model_fields_set
+    }
+    values.update({name: value for name, value in overrides.items() if value is not None})
+    settings = Settings(**values)
+    return settings.model_copy(update={"data_dir": settings.data_dir.resolve()})
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
+    )
+
+
+# --- argument parsing -------------------------------------------------------------------------
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="embedded event log, model store and checkpoints (CCD_DATA_DIR, default ./ccd-data)",
+    )
+    parser.add_argument("--log-level", help="Python logging level (CCD_LOG_LEVEL, default INFO)")
+
+
+def _add_server(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", help="address to bind (CCD_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port to bind (CCD_PORT, default 8000)")
+
+
+def _add_trainer(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--learner", choices=["ccd", "bpr"], help="block learner (CCD_LEARNER, default ccd)"
+    )
+    parser.add_argument(
+        "--base-block-size", type=int, help="events in the first block (CCD_BASE_BLOCK_SIZE)"
+    )
+    parser.add_argument(
+        "--block-size", type=int, help="a block closes after this many events (CCD_BLOCK_SIZE)"
+    )
+    parser.add_argument(
+        "--block-interval",
+        type=float,
+        dest="block_interval_s",
+        help="... or after this many seconds (CCD_BLOCK_INTERVAL_S)",
+    )
+
+
+def _add_rate(parser: argparse.ArgumentParser, default: float | None) -> None:
+    shown = "as fast as possible" if default is None else f"{default:g}"
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=default,
+        metavar="EVENTS_PER_S",
+        help=f"events per second to send (default: {shown})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ccd",
+        description="Streaming recommender running Continual Collaborative Distillation. "
+        "Settings come from CCD_* environment variables; flags override them.",
+    )
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the HTTP recommendation server",
+        description="Serve recommendations from the newest model in the model store "
+        "(Redis if CCD_REDIS_URL is set, else files under the data dir).",
+    )
+    _add_server(serve)
+    _add_common(serve)
+    serve.set_defaults(handler=cmd_serve)
+
+    train = commands.add_parser(
+        "train",
+        help="run the streaming trainer",
+        description="Consume the event stream (Kafka if CCD_KAFKA_BOOTSTRAP_SERVERS is set, "
+        "else the embedded log), train block by block, publish each student version.",
+    )
+    _add_trainer(train)
+    _add_common(train)
+    train.set_defaults(handler=cmd_train)
+
+    up = commands.add_parser(
+        "up",
+        help="trainer, event producer and server together on this machine",
+        description="Run the trainer and a producer in child processes and the server here. "
+        "By default streams a synthetic interaction generator into the embedded log, with "
+        f"small blocks ({UP_SETTINGS['base_block_size']} events, then "
+        f"{UP_SETTINGS['block_size']}) so that model versions appear within a minute. "
+        "Ctrl-C stops everything.",
+    )
+    _add_server(up)
+    up.add_argument(
+        "--data",
+        type=Path,
+        metavar="FILE",
+        help="stream this CSV/TSV/JSONL file in time order instead of synthetic events",
+    )
+    _add_rate(up, UP_RATE)
+    up.add_argument(
+        "--limit", type=int, help="stop producing after this many events (default: never)"
+    )
+    up.add_argument(
+        "--users",
+        type=int,
+        default=UP_USERS,
+        help="synthetic users at the start (default: %(default)s)",
+    )
+    up.add_argument(
+        "--items",
+        type=int,
+        default=UP_ITEMS,
+        help="synthetic items at the start (default: %(default)s)",
+    )
+    up.add_argument(
+        "--seed", type=int, help="seed of the synthetic stream and the trainer (CCD_SEED)"
+    )
+    _add_trainer(up)
+    _add_common(up)
+    up.set_defaults(handler=cmd_up)
+
+    produce = commands.add_parser(
+        "produce",
+        help="push interaction events from a file to the event stream",
+        description="Read a CSV/TSV (user, item, timestamp columns) or JSONL file and append "
+        "its events, in time order, to the configured event stream.",
+    )
+    produce.add_argument("file", type=Path, metavar="FILE", help="CSV, TSV or JSONL events")
+    _add_rate(produce, None)
+    produce.add_argument("--limit", type=int, help="send at most this many events")
+    _add_common(produce)
+    produce.set_defaults(handler=cmd_produce)
+
+    commands.add_parser(
+        "replay",
+        help="run the paper's block protocol offline (options: ccd replay --help)",
+        add_help=False,
+    )
+    version = commands.add_parser("version", help="print the version")
+    version.set_defaults(handler=cmd_version)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["replay"]:
+        return cmd_replay(argv[1:])  # its own parser owns every option after the word
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 2
+    return int(handler(args) or 0)
+
+
+def _overrides(args: argparse.Namespace, *names: str) -> dict[str, Any]:
+    return {name: getattr(args, name, None) for name in ("data_dir", "log_level", *names)}
+
+
+_SERVER_FIELDS = ("host", "port")
+_TRAINER_FIELDS = ("learner", "base_block_size", "block_size", "block_interval_s")
+
+
+# --- subcommands ------------------------------------------------------------------------------
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(f"ccd {package_version()}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = load_settings(_overrides(args, *_SERVER_FIELDS))
+    configure_logging(settings.log_level)
+    _serve(settings)
+    return 0
+
+
+def _serve(settings: Any) -> None:
+    import uvicorn
+
+    from service.app import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level.lower(),
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    settings = load_settings(_overrides(args, *_TRAINER_FIELDS))
+    configure_logging(settings.log_level)
+    from trainer.process import run_trainer
+
+    stop = threading.Event()
+    _stop_on_sigterm(stop)  # `docker stop` ends the trainer between steps, not mid-write
+    run_trainer(settings, stop=stop)
+    return 0
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    settings = load_settings(_overrides(args))
+    configure_logging(settings.log_level)
+    from trainer.producer import produce, read_events
+
+    count = produce(settings, read_events(args.file), rate=args.rate, total=args.limit)
+    print(f"sent {count} events")
+    return 0
+
+
+def cmd_replay(argv: list[str]) -> int:
+    try:
+        from models.reproduce import main as replay_main
+    except ModuleNotFoundError as error:
+        if error.name not in ("models.reproduce", "models"):
+            raise
+        print("ccd replay: not available yet (models/reproduce.py is missing)", file=sys.stderr)
+        return 2
+    return int(replay_main(argv) or 0)
+
+
+# --- ccd up -----------------------------------------------------------------------------------
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    settings = load_settings(
+        _overrides(args, *_SERVER_FIELDS, *_TRAINER_FIELDS, "seed"), defaults=UP_SETTINGS
+    )
+    configure_logging(settings.log_level)
+    source = {
+        "data": str(args.data.resolve()) if args.data else None,
+        "rate": args.rate,
+        "limit": args.limit,
+        "users": args.users,
+        "items": args.items,
+        "seed": settings.seed,
+    }
+    context = multiprocessing.get_context("spawn")
+    config = settings.model_dump(mode="json")
+    children = [
+        context.Process(target=_trainer_child, args=(config,), name="trainer"),
+        context.Process(target=_producer_child, args=(config, source), name="producer"),
+    ]
+    for child in children:
+        child.start()
+    stopping = threading.Event()
+    threading.Thread(target=_report_exits, args=(children, stopping), daemon=True).start()
+    _print_banner(settings, args.data)
+    try:
+        _serve(settings)
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises the Ctrl-C it handled; the children are stopped below
+    finally:
+        _stop_children(children, stopping)
+    return 0
+
+
+def _print_banner(settings: Any, data: Path | None) -> None:
+    from contracts.model_store import open_model_store
+
+    base = f"http://{settings.host}:{settings.port}"
+    stream = f"file {data}" if data else "synthetic events (users u0, u1, ...; items i0, ...)"
+    try:
+        store = open_model_store(settings)
+        try:
+            version = store.current_version()
+        finally:
+            store.close()
+    except Exception:  # an unreachable store is the server's to report, not the banner's
+        version = None
+    if version is not None:
+        print(
+            f"ccd up: resuming at model version {version} from {settings.data_dir} "
+            "(a new --data-dir starts from scratch; a file already sent counts as duplicates)"
+        )
+    print(
+        f"\nccd up: streaming {stream} into {settings.data_dir}\n"
+        f"  first model after {settings.base_block_size} events, "
+        f"then a new version every {settings.block_size} events\n"
+        f"  curl {base}/health/ready\n"
+        f"  curl {base}/model\n"
+        f"  curl '{base}/recommendations/{'USER_ID' if data else 'u1'}?k=10'\n"
+        f"  API docs: {base}/docs   Ctrl-C stops everything\n",
+        flush=True,
+    )
+
+
+def _stop_on_sigterm(stop: threading.Event | None) -> None:
+    """The first SIGTERM sets ``stop`` (when given) for a graceful end; without one, or on a
+    second SIGTERM, it raises SystemExit so that files and connections still close."""
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        if stop is None or stop.is_set():
+            raise SystemExit(0)
+        log.info("SIGTERM: stopping after the current step (again to stop at once)")
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _child_setup(config: dict[str, Any], stop: threading.Event | None = None) -> Any:
+    """In a `ccd up` child: Ctrl-C belongs to the parent, which stops us with SIGTERM."""
+    from contracts.settings import Settings
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _stop_on_sigterm(stop)
+    settings = Settings(**config)
+    configure_logging(settings.log_level)
+    return settings
+
+
+def _trainer_child(config: dict[str, Any]) -> None:
+    stop = threading.Event()
+    settings = _child_setup(config, stop)
+    from trainer.process import run_trainer
+
+    run_trainer(settings, stop=stop)
+
+
+def _producer_child(config: dict[str, Any], source: dict[str, Any]) -> None:
+    os.environ["TQDM_DISABLE"] = "1"  # no progress bar amid the server's log lines
+    settings = _child_setup(config)
+    from trainer.producer import produce, read_events
+    from trainer.synthetic import SyntheticStream
+
+    if source["data"]:
+        events: Iterable[Any] = read_events(Path(source["data"]))
+    else:
+        stream = SyntheticStream(
+            n_users=source["users"],
+            n_items=source["items"],
+            seed=source["seed"],
+            start_time=time.time(),
+            events_per_second=source["rate"] or SyntheticStream().events_per_second,
+        )
+        events = _fresh_event_ids(stream)
+    count = produce(settings, events, rate=source["rate"], total=source["limit"])
+    logging.getLogger("ccd.producer").info("producer finished after %d events", count)
+
+
+def _fresh_event_ids(events: Iterable[Any]) -> Iterator[Any]:
+    """The synthetic stream numbers its events from 0 on every run; a run-specific id keeps a
+    restarted `ccd up` from having its new events dropped as re-deliveries of the last run's."""
+    run = uuid.uuid4().hex[:8]
+    for event in events:
+        yield event.model_copy(update={"event_id": f"{event.event_id}-{run}"})
+
+
+def _log_exit(child: Any) -> None:
+    level = logging.INFO if child.exitcode == 0 else logging.ERROR
+    log.log(level, "%s exited with code %s", child.name, child.exitcode)
+
+
+def _report_exits(children: list[Any], stopping: threading.Event) -> None:
+    """Logs a child that ends on its own (the producer at the end of a file, or a crash)."""
+    pending = list(children)
+    while pending and not stopping.is_set():
+        for child in list(pending):
+            child.join(timeout=0.5)
+            if not child.is_alive() and not stopping.is_set():
+                pending.remove(child)
+                _log_exit(child)
+
+
+def _stop_children(children: list[Any], stopping: threading.Event) -> None:
+    stopping.set()
+    running = [child for child in children if child.is_alive()]
+    for child in running:
+        child.terminate()
+    for child in running:
+        child.join(CHILD_STOP_TIMEOUT_S)
+        if child.is_alive():
+            log.warning("%s did not stop in %.0f s; killing it", child.name, CHILD_STOP_TIMEOUT_S)
+            child.kill()
+            child.join()
+        _log_exit(child)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

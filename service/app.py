@@ -1,0 +1,79 @@
+"""The FastAPI application: ``create_app(settings)`` wires the model holder, the seen-items tailer,
+the event log and the routers. Background threads start and stop with the app's lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from ccd.cli import package_version
+from contracts.event_log import EventLog, open_event_log
+from contracts.model_store import ModelStore, open_model_store
+from contracts.settings import Settings
+from service.metrics import RequestMetricsMiddleware, ServiceMetrics
+from service.model_holder import ModelHolder
+from service.routers import events, health, items, metrics, model, recommendations
+from service.seen import SeenItems, SeenTailer, source_for
+from service.state import ServiceState
+
+DESCRIPTION = """\
+Top-k recommendations from the newest student model of a streaming
+Continual Collaborative Distillation trainer. Events posted here feed that trainer.
+"""
+
+
+def create_app(
+    settings: Settings,
+    store: ModelStore | None = None,
+    event_log: EventLog | None = None,
+) -> FastAPI:
+    """The app for ``settings``. ``store`` / ``event_log`` default to the ones the settings
+    select (Redis / Kafka, else embedded under ``data_dir``); those the app opens itself it also
+    closes. The seen-items index always tails the log the settings select, from its start.
+    Run it with its lifespan (``with TestClient(app)``, uvicorn)."""
+    service_metrics = ServiceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        owned_store = store is None
+        owned_log = event_log is None
+        model_store = open_model_store(settings) if owned_store else store
+        log_writer = open_event_log(settings) if owned_log else event_log
+        seen = SeenItems()
+        state = ServiceState(
+            settings=settings,
+            holder=ModelHolder(model_store, service_metrics, settings.reload_poll_s),
+            seen=seen,
+            tailer=SeenTailer(source_for(settings), seen, service_metrics),
+            event_log=log_writer,
+            metrics=service_metrics,
+        )
+        app.state.service = state
+        state.tailer.start()
+        state.holder.start()
+        try:
+            yield
+        finally:
+            state.holder.stop()
+            state.tailer.stop()
+            if owned_log:
+                log_writer.close()
+            if owned_store:
+                model_store.close()
+
+    app = FastAPI(
+        title="CCD recommender",
+        version=package_version(),
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.add_middleware(RequestMetricsMiddleware, metrics=service_metrics)
+    app.include_router(recommendations.build_router(settings))
+    app.include_router(items.build_router(settings))
+    app.include_router(events.build_router(settings))
+    app.include_router(model.build_router())
+    app.include_router(health.build_router())
+    app.include_router(metrics.build_router())
+    return app

@@ -1,0 +1,103 @@
+"""Prometheus metrics of one app instance, plus the ASGI middleware that times every request.
+
+Each app gets its own ``CollectorRegistry`` so that several apps in one process (tests) do not
+collide on metric names.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "ccd_http_requests", "HTTP requests", ["method", "route", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "ccd_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.recommendations = Counter(
+            "ccd_recommendations", "Ranked lists served", ["strategy"], registry=r
+        )
+        self.model_version = Gauge(
+            "ccd_model_version", "Version being served (0 = none yet)", registry=r
+        )
+        self.model_loaded_at = Gauge(
+            "ccd_model_loaded_timestamp_seconds", "When the served version was loaded", registry=r
+        )
+        self.model_reloads = Counter(
+            "ccd_model_reloads", "Model versions loaded and swapped in", registry=r
+        )
+        self.model_reload_failures = Counter(
+            "ccd_model_reload_failures",
+            "Model versions that could not be loaded",
+            ["reason"],
+            registry=r,
+        )
+        self.publish_to_serve = Histogram(
+            "ccd_model_publish_to_serve_seconds",
+            "From a version's publication (its published_at, else trained_at) to serving it here",
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            registry=r,
+        )
+        self.events_accepted = Counter(
+            "ccd_events_accepted", "Events appended to the event log", registry=r
+        )
+        self.events_rejected = Counter(
+            "ccd_events_rejected", "Events refused by POST /events", ["reason"], registry=r
+        )
+        self.seen_events = Counter(
+            "ccd_seen_events", "Events read by the seen-items tailer", registry=r
+        )
+        self.seen_malformed = Counter(
+            "ccd_seen_malformed", "Unreadable messages skipped by the seen-items tailer", registry=r
+        )
+        self.seen_users = Gauge("ccd_seen_users", "Users in the seen-items index", registry=r)
+        self.seen_pairs = Gauge(
+            "ccd_seen_pairs", "Distinct (user, item) pairs in the seen-items index", registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestMetricsMiddleware:
+    """Counts and times requests per route template (not per raw path, to bound cardinality)."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+        started = time.perf_counter()
+
+        async def send_and_record_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            method = scope["method"]
+            self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)
+            self.metrics.requests.labels(method, template, str(status)).inc()

@@ -1,0 +1,127 @@
+"""Keeps the newest good model version in memory and swaps it atomically.
+
+A background thread waits on the store's notification (``wait_for_update``), which returns at the
+latest after ``poll_s`` so polling is the fallback when a notification is lost. Whatever version
+the store's ``current`` pointer names is served (a rollback is followed too). A version that
+fails its checks is refused once, logged and counted; the last good model stays in place.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from contracts.model_store import CorruptModelError, ModelStore
+from service.metrics import ServiceMetrics
+from service.ranking import ServingModel
+
+log = logging.getLogger(__name__)
+
+# Longest single wait on the store's notification, so that stop() takes effect quickly.
+_WAIT_SLICE_S = 1.0
+
+
+class ModelHolder:
+    def __init__(self, store: ModelStore, metrics: ServiceMetrics, poll_s: float) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._poll_s = poll_s
+        self._model: ServingModel | None = None
+        self._refused: set[int] = set()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._refresh_lock = threading.Lock()
+
+    @property
+    def model(self) -> ServingModel | None:
+        """The version to serve; callers read it once per request and keep that reference."""
+        return self._model
+
+    def refresh(self) -> bool:
+        """Loads the store's current version if it differs from the served one; True if swapped."""
+        with self._refresh_lock:
+            try:
+                version = self._store.current_version()
+            except Exception:
+                log.exception("cannot read the current model version")
+                self._metrics.model_reload_failures.labels("store").inc()
+                return False
+            served = self._model.version if self._model is not None else None
+            if version is None or version == served or version in self._refused:
+                return False
+            return self._load(version)
+
+    def _load(self, version: int) -> bool:
+        try:
+            model = ServingModel.from_snapshot(self._store.load(version))
+        except CorruptModelError as error:
+            # Refused for good: a version's bytes never change, so retrying cannot help.
+            self._refused.add(version)
+            log.error("refusing model version %d: %s", version, error)
+            self._metrics.model_reload_failures.labels("corrupt").inc()
+            return False
+        except KeyError:
+            log.warning("model version %d vanished before it could be loaded", version)
+            self._metrics.model_reload_failures.labels("missing").inc()
+            return False
+        except Exception:
+            log.exception("cannot load model version %d", version)
+            self._metrics.model_reload_failures.labels("store").inc()
+            return False
+        self._model = model  # the atomic swap: in-flight requests keep their old reference
+        self._record_swap(model)
+        return True
+
+    def _record_swap(self, model: ServingModel) -> None:
+        self._metrics.model_reloads.inc()
+        self._metrics.model_version.set(model.version)
+        self._metrics.model_loaded_at.set(model.loaded_at)
+        finished_at = model.meta.get("published_at", model.meta.get("trained_at"))
+        if isinstance(finished_at, int | float):
+            self._metrics.publish_to_serve.observe(max(0.0, model.loaded_at - finished_at))
+        log.info(
+            "serving model version %d (%d users, %d items, dim %d)",
+            model.version,
+            model.n_users,
+            model.n_items,
+            model.dim,
+        )
+
+    def start(self) -> None:
+        self.refresh()
+        self._thread = threading.Thread(target=self._run, name="model-reload", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        next_poll = time.monotonic() + self._poll_s
+        while not self._stop.is_set():
+            # Short waits keep stop() prompt whatever the poll interval.
+            wait_s = min(_WAIT_SLICE_S, max(0.0, next_poll - time.monotonic()))
+            try:
+                notified = self._store.wait_for_update(wait_s)
+            except Exception:
+                log.exception("waiting for model updates failed; polling instead")
+                notified = False
+                self._stop.wait(wait_s)
+            if self._stop.is_set():
+                break
+            if notified or time.monotonic() >= next_poll:
+                self.refresh()
+                next_poll = time.monotonic() + self._poll_s
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def wait_for_version(self, version: int, timeout_s: float) -> bool:
+        """Blocks until a version >= ``version`` is served (for tests and the CLI banner)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            model = self._model
+            if model is not None and model.version >= version:
+                return True
+            time.sleep(0.05)
+        return False

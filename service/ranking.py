@@ -1,0 +1,176 @@
+"""The in-memory serving form of one model version, and exact full-catalogue top-k over it.
+
+A ``ServingModel`` is built once per version (in the reload thread, off the request path) and
+never mutated afterwards, so request threads can share it without locks; the model holder swaps
+the whole object with one reference assignment.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from contracts.model_store import ModelSnapshot
+
+Strategy = Literal["personalized", "popular"]
+
+# Upper bound on the (B, I) score matrix of one batch chunk, in float32 elements (64 MiB).
+_MAX_BATCH_SCORES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Ranked:
+    """One ranked list: external item ids with their scores, best first."""
+
+    item_ids: list[str]
+    scores: list[float]
+    strategy: Strategy
+
+
+def _as_tensor(array: np.ndarray) -> torch.Tensor:
+    """Zero-copy float32 view when the array allows it (decoded snapshots always do)."""
+    array = np.require(array, dtype=np.float32, requirements=["C_CONTIGUOUS", "WRITEABLE"])
+    return torch.from_numpy(array)
+
+
+@dataclass(frozen=True, eq=False)
+class ServingModel:
+    """Precomputed serving state of one version.
+
+    Shapes: ``user_vectors`` (U, d), ``item_matrix`` (I, d) contiguous float32,
+    ``item_inv_norms`` (I,) (0 for zero vectors), ``popularity`` (I,), ``popular_order`` (I,)
+    item indices by decreasing popularity (ties by index).
+    """
+
+    version: int
+    meta: dict[str, Any]
+    user_index: dict[str, int]
+    item_ids: list[str]
+    item_index: dict[str, int]
+    user_vectors: torch.Tensor
+    item_matrix: torch.Tensor
+    item_inv_norms: torch.Tensor
+    popularity: np.ndarray
+    popular_order: np.ndarray
+    loaded_at: float = field(default_factory=time.time)
+
+    @classmethod
+    def from_snapshot(cls, snapshot: ModelSnapshot) -> ServingModel:
+        item_matrix = _as_tensor(snapshot.item_embeddings)
+        norms = torch.linalg.vector_norm(item_matrix, dim=1)
+        inv_norms = torch.where(norms > 0, 1.0 / norms, torch.zeros_like(norms))
+        popularity = np.asarray(snapshot.item_popularity, dtype=np.float32)
+        return cls(
+            version=snapshot.version,
+            meta=dict(snapshot.meta),
+            user_index={user: index for index, user in enumerate(snapshot.user_ids)},
+            item_ids=list(snapshot.item_ids),
+            item_index={item: index for index, item in enumerate(snapshot.item_ids)},
+            user_vectors=_as_tensor(snapshot.user_embeddings),
+            item_matrix=item_matrix,
+            item_inv_norms=inv_norms,
+            popularity=popularity,
+            popular_order=np.argsort(-popularity, kind="stable"),
+        )
+
+    @property
+    def n_users(self) -> int:
+        return len(self.user_index)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def dim(self) -> int:
+        return int(self.item_matrix.shape[1])
+
+    def item_indices(self, item_ids: Iterable[str]) -> list[int]:
+        """Indices of the given external ids that this version knows (others are skipped)."""
+        lookup = self.item_index.get
+        return [index for item in item_ids if (index := lookup(item)) is not None]
+
+    def recommend(self, user_id: str, k: int, exclude: Iterable[str] = ()) -> Ranked:
+        """Top-``k`` items for one user, never any of ``exclude``; popularity for unknown users."""
+        return self.recommend_many([user_id], k, [exclude])[0]
+
+    def recommend_many(
+        self, user_ids: Sequence[str], k: int, excludes: Sequence[Iterable[str]]
+    ) -> list[Ranked]:
+        """Like ``recommend`` for each user; known users are scored together, chunked so that
+        one (B, I) score matrix stays under ~64 MiB."""
+        excluded = [sorted(set(self.item_indices(items))) for items in excludes]
+        results: list[Ranked | None] = [None] * len(user_ids)
+        known: list[int] = []
+        for position, user in enumerate(user_ids):
+            if user in self.user_index:
+                known.append(position)
+            else:
+                results[position] = self._popular(k, excluded[position])
+        chunk = max(1, _MAX_BATCH_SCORES // max(1, self.n_items))
+        for start in range(0, len(known), chunk):
+            positions = known[start : start + chunk]
+            rows = [self.user_index[user_ids[p]] for p in positions]
+            ranked = self._personalized(rows, k, [excluded[p] for p in positions])
+            for position, result in zip(positions, ranked, strict=True):
+                results[position] = result
+        return results  # type: ignore[return-value]
+
+    def _personalized(
+        self, user_rows: list[int], k: int, excluded: list[list[int]]
+    ) -> list[Ranked]:
+        """Exact dot-product scores over the whole catalogue, excluded items masked to -inf."""
+        with torch.inference_mode():
+            scores = self.user_vectors[user_rows] @ self.item_matrix.T  # (B, I)
+            rows = [row for row, items in enumerate(excluded) for _ in items]
+            if rows:
+                columns = [item for items in excluded for item in items]
+                scores[rows, columns] = -torch.inf
+            top_scores, top_items = torch.topk(scores, min(k, self.n_items), dim=1)
+        ranked = []
+        for row_scores, row_items, items in zip(
+            top_scores.tolist(), top_items.tolist(), excluded, strict=True
+        ):
+            # A row with fewer than k unseen items has masked (-inf) entries at its tail.
+            keep = min(k, self.n_items - len(items))
+            ranked.append(
+                Ranked(
+                    [self.item_ids[item] for item in row_items[:keep]],
+                    row_scores[:keep],
+                    "personalized",
+                )
+            )
+        return ranked
+
+    def _popular(self, k: int, excluded: list[int]) -> Ranked:
+        """The ``k`` most popular items the user has not seen; the score is the popularity."""
+        head = self.popular_order[: k + len(excluded)]
+        if excluded:
+            head = head[~np.isin(head, excluded)]
+        head = head[:k]
+        return Ranked(
+            [self.item_ids[item] for item in head.tolist()],
+            self.popularity[head].tolist(),
+            "popular",
+        )
+
+    def similar(self, item_id: str, k: int) -> Ranked:
+        """The ``k`` items closest to ``item_id`` by cosine similarity of the item embeddings
+        (the item itself excluded). Raises ``KeyError`` for an unknown item."""
+        index = self.item_index[item_id]
+        with torch.inference_mode():
+            scores = self.item_matrix @ self.item_matrix[index]  # (I,)
+            scores *= self.item_inv_norms * self.item_inv_norms[index]
+            scores[index] = -torch.inf
+            depth = min(k, self.n_items - 1)
+            top_scores, top_items = torch.topk(scores, depth)
+        return Ranked(
+            [self.item_ids[item] for item in top_items.tolist()],
+            top_scores.tolist(),
+            "personalized",
+        )

@@ -1,0 +1,129 @@
+"""POST /events: validate interaction events and append them to the event stream.
+
+The body is parsed by hand rather than declared as a parameter so that an oversized batch gets
+its 413 before anything is validated, and each error names the failing event and field
+(``["body", 3, "item_id"]``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from contracts.event_log import EventLogUnavailable
+from contracts.events import InteractionEvent
+from contracts.settings import Settings
+from service.schemas import ErrorMessage, EventsAccepted
+from service.state import RETRY_AFTER_S, ServiceState, State
+
+# Generous bound on one event's JSON size, for refusing oversized bodies before parsing them.
+MAX_BYTES_PER_EVENT = 4096
+# Errors reported per request; the rest are only counted.
+MAX_REPORTED_ERRORS = 100
+
+_EVENT_SCHEMA = InteractionEvent.model_json_schema()
+_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {"oneOf": [_EVENT_SCHEMA, {"type": "array", "items": _EVENT_SCHEMA}]}
+            }
+        },
+    }
+}
+
+
+def _invalid(loc: tuple, message: str, error_type: str) -> RequestValidationError:
+    return RequestValidationError([{"type": error_type, "loc": loc, "msg": message}])
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes:
+    """The request body, refusing (413) anything larger than ``max_bytes`` without buffering it."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
+        raise HTTPException(413, f"request body larger than {max_bytes} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise HTTPException(413, f"request body larger than {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_events(body: bytes, max_events: int) -> list[InteractionEvent]:
+    """One event object or a list of them; raises 422 (naming event and field) or 413."""
+    try:
+        payload: Any = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise _invalid(("body",), f"JSON decode error: {error}", "json_invalid") from None
+    batch = isinstance(payload, list)
+    entries = payload if batch else [payload]
+    if len(entries) > max_events:
+        raise HTTPException(413, f"{len(entries)} events; at most {max_events} per request")
+    if not entries:
+        raise _invalid(("body",), "List should have at least 1 item", "too_short")
+    events, errors = [], []
+    for position, entry in enumerate(entries):
+        try:
+            events.append(InteractionEvent.model_validate(entry))
+        except ValidationError as error:
+            prefix = ("body", position) if batch else ("body",)
+            errors.extend(
+                {**detail, "loc": (*prefix, *detail["loc"])}
+                for detail in error.errors(include_url=False, include_context=False)
+            )
+    if errors:
+        raise RequestValidationError(errors[:MAX_REPORTED_ERRORS])
+    return events
+
+
+def _append(state: ServiceState, body: bytes) -> int:
+    limit = state.settings.max_events_per_request
+    try:
+        events = parse_events(body, limit)
+    except HTTPException:
+        state.metrics.events_rejected.labels("too_large").inc()
+        raise
+    except RequestValidationError:
+        state.metrics.events_rejected.labels("invalid").inc()
+        raise
+    try:
+        count = state.event_log.append(events)
+    except EventLogUnavailable as error:
+        state.metrics.events_rejected.labels("unavailable").inc(len(events))
+        raise HTTPException(
+            503, f"event log unavailable: {error}", headers={"Retry-After": str(RETRY_AFTER_S)}
+        ) from None
+    state.seen.add((event.user_id, event.item_id) for event in events)
+    state.metrics.events_accepted.inc(count)
+    return count
+
+
+def build_router(settings: Settings) -> APIRouter:
+    router = APIRouter(tags=["events"])
+    max_bytes = settings.max_events_per_request * MAX_BYTES_PER_EVENT
+
+    @router.post(
+        "/events",
+        status_code=202,
+        openapi_extra=_REQUEST_BODY,
+        responses={
+            413: {"model": ErrorMessage, "description": "More events than max_events_per_request"},
+            503: {"model": ErrorMessage, "description": "The event log cannot take events now"},
+        },
+    )
+    async def post_events(request: Request, state: State) -> EventsAccepted:
+        """Append one event (a JSON object) or several (a JSON array) to the event stream,
+        all or none. `timestamp` defaults to the server's time."""
+        body = await _read_body(request, max_bytes)
+        accepted = await run_in_threadpool(_append, state, body)
+        return EventsAccepted(accepted=accepted)
+
+    return router

@@ -1,0 +1,19 @@
+"""The Prometheus scrape endpoint."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from service.state import State
+
+
+def build_router() -> APIRouter:
+    router = APIRouter(tags=["metrics"])
+
+    @router.get("/metrics", response_class=Response)
+    def metrics(state: State) -> Response:
+        """Request counts and latency, model version and reloads, events accepted, seen index."""
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    return router

@@ -1,0 +1,74 @@
+"""Request and response bodies of the HTTP API (they make up the OpenAPI schema)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field
+
+from contracts.events import MAX_ID_LENGTH
+
+# Largest number of users one POST /recommendations may name.
+MAX_BATCH_USERS = 1000
+
+ExternalId = Annotated[str, Field(min_length=1, max_length=MAX_ID_LENGTH)]
+
+
+class ScoredItem(BaseModel):
+    item_id: str
+    score: float
+
+
+class Recommendations(BaseModel):
+    user_id: str
+    items: list[ScoredItem]
+    model_version: int
+    strategy: Literal["personalized", "popular"] = Field(
+        description="'personalized' for users the model knows, 'popular' for the fallback"
+    )
+
+
+class BatchRecommendationRequest(BaseModel):
+    user_ids: list[ExternalId] = Field(min_length=1, max_length=MAX_BATCH_USERS)
+    k: int = Field(20, ge=1, description="Items per user, 1..max_k")
+    exclude_seen: bool = True
+
+
+class BatchRecommendations(BaseModel):
+    model_version: int
+    results: list[Recommendations]
+
+
+class SimilarItems(BaseModel):
+    item_id: str
+    items: list[ScoredItem] = Field(description="Nearest items by cosine similarity, best first")
+    model_version: int
+
+
+class EventsAccepted(BaseModel):
+    accepted: int = Field(description="Events appended to the event log")
+
+
+class Liveness(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    model_version: int | None
+    seen_caught_up: bool = Field(
+        description="Whether the seen-items index has read the event log up to its end at start"
+    )
+
+
+class ModelInfo(BaseModel):
+    version: int
+    loaded_at: float
+    n_users: int
+    n_items: int
+    dim: int
+    meta: dict[str, Any]
+
+
+class ErrorMessage(BaseModel):
+    detail: str

@@ -1,0 +1,43 @@
+"""What the request handlers share: the model holder, the seen-items index, the event log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request
+
+from contracts.event_log import EventLog
+from contracts.settings import Settings
+from service.metrics import ServiceMetrics
+from service.model_holder import ModelHolder
+from service.ranking import ServingModel
+from service.seen import SeenItems, SeenTailer
+
+RETRY_AFTER_S = 5
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    holder: ModelHolder
+    seen: SeenItems
+    tailer: SeenTailer
+    event_log: EventLog
+    metrics: ServiceMetrics
+
+    def require_model(self) -> ServingModel:
+        """The served version (read once: the caller keeps it for the whole request), or 503."""
+        model = self.holder.model
+        if model is None:
+            raise HTTPException(
+                503, "no model version loaded yet", headers={"Retry-After": str(RETRY_AFTER_S)}
+            )
+        return model
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+State = Annotated[ServiceState, Depends(get_state)]

@@ -1,0 +1,95 @@
+"""POST /events: accepted events land in the real embedded log; bad input is refused whole."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import orjson
+from fastapi.testclient import TestClient
+
+from contracts.event_log import SqliteEventConsumer, SqliteEventLog
+from contracts.events import InteractionEvent
+from contracts.settings import Settings
+from tests.service.conftest import MAX_EVENTS
+
+
+def logged_events(settings: Settings) -> list[InteractionEvent]:
+    consumer = SqliteEventConsumer(settings.event_log_path, group_id="test-reader")
+    try:
+        return [InteractionEvent.from_bytes(r.value) for r in consumer.poll(1000, 0.0)]
+    finally:
+        consumer.close()
+
+
+def test_single_event_and_list_are_appended(
+    client_factory: Callable[[], TestClient], settings: Settings
+) -> None:
+    client = client_factory()  # events are accepted even before any model exists
+    response = client.post(
+        "/events",
+        json={
+            "user_id": "a",
+            "item_id": "x",
+            "timestamp": "2024-01-02T03:04:05Z",
+            "event_id": "e1",
+        },
+    )
+    assert response.status_code == 202
+    assert response.json() == {"accepted": 1}
+    response = client.post(
+        "/events",
+        json=[{"user_id": "b", "item_id": "y", "timestamp": 10}, {"user_id": "c", "item_id": "z"}],
+    )
+    assert response.status_code == 202
+    assert response.json() == {"accepted": 2}
+    events = logged_events(settings)
+    assert [(e.user_id, e.item_id) for e in events] == [("a", "x"), ("b", "y"), ("c", "z")]
+    assert events[0].timestamp == 1704164645.0  # 2024-01-02T03:04:05Z
+    assert events[0].event_id == "e1"
+    assert events[1].timestamp == 10.0
+    assert events[2].timestamp > 1.7e9  # server time filled in
+
+
+def test_malformed_event_is_422_naming_the_field_and_nothing_is_appended(
+    client_factory: Callable[[], TestClient], settings: Settings
+) -> None:
+    client = client_factory()
+    response = client.post(
+        "/events", json=[{"user_id": "a", "item_id": "x"}, {"user_id": "b", "item_id": ""}]
+    )
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert [error["loc"] for error in detail] == [["body", 1, "item_id"]]
+    response = client.post("/events", json={"item_id": "x", "timestamp": -5, "colour": "red"})
+    assert response.status_code == 422
+    locs = sorted(tuple(error["loc"]) for error in response.json()["detail"])
+    assert locs == [("body", "colour"), ("body", "timestamp"), ("body", "user_id")]
+    for body in (b"{not json", b"[]", b"42"):
+        response = client.post("/events", content=body)
+        assert response.status_code == 422, body
+        assert response.json()["detail"][0]["loc"][0] == "body"
+    assert logged_events(settings) == []
+
+
+def test_too_many_events_is_413(
+    client_factory: Callable[[], TestClient], settings: Settings
+) -> None:
+    client = client_factory()
+    batch = [{"user_id": "a", "item_id": f"x{i}"} for i in range(MAX_EVENTS + 1)]
+    assert client.post("/events", json=batch).status_code == 413
+    assert client.post("/events", json=batch[:MAX_EVENTS]).status_code == 202
+    # A body far beyond what max_events_per_request events can fill is refused unread.
+    padded = orjson.dumps({"user_id": "a", "item_id": "b"}) + b" " * (MAX_EVENTS * 4096)
+    assert client.post("/events", content=padded).status_code == 413
+    assert len(logged_events(settings)) == MAX_EVENTS
+
+
+def test_unavailable_log_is_503_with_retry_after(
+    client_factory: Callable[[], TestClient], event_log: SqliteEventLog
+) -> None:
+    client = client_factory()
+    event_log.close()  # the real embedded log, unable to write: raises EventLogUnavailable
+    response = client.post("/events", json={"user_id": "a", "item_id": "x"})
+    assert response.status_code == 503
+    assert int(response.headers["retry-after"]) > 0
+    assert 'ccd_events_rejected_total{reason="unavailable"} 1.0' in client.get("/metrics").text

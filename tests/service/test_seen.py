@@ -1,0 +1,59 @@
+"""The seen-items index and its tailer over the real embedded log."""
+
+from __future__ import annotations
+
+from contracts.event_log import SqliteEventLog
+from contracts.events import InteractionEvent
+from contracts.settings import Settings
+from service.metrics import ServiceMetrics
+from service.seen import SeenItems, SeenTailer, SqliteSource, parse_pair
+from tests.service.conftest import wait_until
+
+
+def test_index_deduplicates_and_copies() -> None:
+    seen = SeenItems()
+    assert seen.add([("a", "x"), ("a", "y"), ("a", "x"), ("b", "x")]) == 3
+    snapshot = seen.items_of("a")
+    seen.add([("a", "z")])
+    assert snapshot == {"x", "y"}
+    assert seen.items_of("a") == {"x", "y", "z"}
+    assert seen.items_of("nobody") == frozenset()
+    assert (seen.n_users, seen.n_pairs) == (2, 4)
+
+
+def test_parse_pair_accepts_events_only() -> None:
+    assert parse_pair(b'{"user_id": "a", "item_id": "x", "timestamp": 1}') == ("a", "x")
+    for raw in (b"nope", b"[1]", b'{"user_id": "a"}', b'{"user_id": 1, "item_id": "x"}'):
+        assert parse_pair(raw) is None
+
+
+def test_tailer_reads_from_the_start_and_follows(
+    settings: Settings, event_log: SqliteEventLog
+) -> None:
+    event_log.append([InteractionEvent(user_id="a", item_id="x")])
+    event_log.append_raw([b"garbage"], [None])
+    seen, metrics = SeenItems(), ServiceMetrics()
+    tailer = SeenTailer(lambda: SqliteSource(settings.event_log_path), seen, metrics, batch_size=1)
+    tailer.start()
+    try:
+        assert tailer.caught_up.wait(5.0)
+        assert seen.items_of("a") == {"x"}
+        event_log.append([InteractionEvent(user_id="a", item_id="y")])
+        wait_until(lambda: seen.items_of("a") == {"x", "y"})
+        assert metrics.registry.get_sample_value("ccd_seen_malformed_total") == 1.0
+    finally:
+        tailer.stop()
+
+
+def test_tailer_waits_for_a_log_that_does_not_exist_yet(settings: Settings) -> None:
+    seen = SeenItems()
+    tailer = SeenTailer(lambda: SqliteSource(settings.event_log_path), seen, ServiceMetrics())
+    tailer.start()
+    try:
+        assert tailer.caught_up.wait(5.0)  # nothing to catch up on
+        log = SqliteEventLog(settings.event_log_path)
+        log.append([InteractionEvent(user_id="late", item_id="x")])
+        wait_until(lambda: seen.items_of("late") == {"x"})
+        log.close()
+    finally:
+        tailer.stop()
