@@ -1,0 +1,568 @@
+"""Continual Collaborative Distillation (CCD, KDD 2024) as a ``models.api.BlockLearner``.
+
+Block 0: train the base teacher members, rank-ensemble them into T_0, distil the student D_0
+(Stage 1); D_0 is also the deployed student. Block k >= 1:
+    Stage 2  proxies S, P <- EMA(D_{k-1}); CL_k <- D_{k-1} + entity init + BPR + proxy replay
+             (CL_k is the deployed student, ``student()``);
+    Stage 3  each member <- LWC-KD/PIW (or VAE KL) + BPR + replay of S, P, CL_k; T_k <- ensemble;
+    Stage 1  D_k <- fresh student distilled from T_k on D_k.
+With ``teacher_every = n`` Stages 3 and 1 run on every n-th block only (n = 1 is the paper): the
+teacher then trains on all train data since its last update, and in between the next Stage 2
+starts from the latest continual student (proxies are EMA-updated only when a new distilled
+student exists).
+
+Every hyper-parameter and every code-versus-paper choice of ccd-method.md §8 is a field of
+``CCDConfig``; defaults follow the method doc (the official code unless §8 recommends otherwise).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from models.api import BlockData, BlockReport, Embeddings, Interactions
+from models.data import user_item_lists
+from models.kd import KDResult, distill
+from models.members import Member, build_member
+from models.metrics import SizedScorer, member_scorer
+from models.proxies import update_proxy
+from models.replay import concat_lists, top_items_padded
+from models.student_update import update_student
+from models.teacher_update import (
+    OldStructure,
+    ReplaySource,
+    TeacherContext,
+    TeacherWindow,
+    ensemble_scorer,
+    merge_windows,
+    train_base_member,
+    update_member,
+)
+from models.training import FitResult
+
+# run.sh's per-block values for Yelp (ccd-method.md §3.6):
+# Stage 2 ab/ss/ps/sw/pw, then Stage 3 ab/ss/ps/cs.
+_YELP_RUN_SH = {
+    1: (50, 1, 0, 1.0, 0.0, 100, 5, 0, 5),
+    2: (100, 3, 5, 1.0, 0.1, 100, 1, 3, 5),
+    3: (100, 5, 5, 0.9, 0.0, 50, 3, 5, 1),
+    4: (50, 1, 5, 0.9, 0.0, 100, 1, 3, 1),
+    5: (50, 3, 1, 0.9, 0.0, 100, 1, 5, 1),
+}
+_RUN_SH_FIELDS = (
+    "student_replay_abs",
+    "student_s_samples",
+    "student_p_samples",
+    "stability_weight",
+    "plasticity_weight",
+    "teacher_replay_abs",
+    "teacher_s_samples",
+    "teacher_p_samples",
+    "teacher_cl_samples",
+)
+
+
+@dataclass
+class CCDConfig:
+    """Every CCD hyper-parameter (ccd-method.md §2-§3, §8). Field groups:
+
+    teacher ensemble / base training (§2.1), student (§2.2), shared training (§3.2), Stage 1 KD
+    (§3.3), Stage 2 student update (§3.4), Stage 3 teacher update (§3.5), schedule.
+    """
+
+    # -- teacher ensemble (§2.1) -----------------------------------------------------------------
+    teacher_kinds: tuple[str, ...] = ("lightgcn",) * 5
+    teacher_seeds: tuple[int, ...] = ()  # empty = 0..n-1
+    teacher_dim: int = 128
+    teacher_layers: int = 2
+    vae_item_capacity: int | None = None  # Mult-VAE members are built with the final item count
+    vae_uniform_noise: bool = True  # §8.15: the code's U[0,1) reparameterisation noise
+    ensemble_power: float = 0.05
+    base_epochs: int = 100
+    base_lr: float = 1e-3
+    base_batch: int = 512
+    base_n_neg: int = 2
+    base_eval_every: int = 1
+    base_patience: int = 10
+    # -- student (§2.2) --------------------------------------------------------------------------
+    student_kind: str = "lightgcn"
+    student_dim: int = 8
+    student_layers: int = 2
+    student_seed: int = 1
+    # -- shared (§3.2) ---------------------------------------------------------------------------
+    weight_decay: float = 1e-4
+    eval_every: int = 5  # §8.7: replicated (with 10 epochs only epochs 0 and 5 are selectable)
+    patience: int = 2
+    exclusion_k: int = 40
+    seed: int = 0
+    chunk: int = 1024
+    # -- Stage 1: KD (§3.3) ----------------------------------------------------------------------
+    kd_epochs: int = 10
+    kd_lr: float = 5e-3
+    kd_batch: int = 1024
+    kd_n_neg: int = 1
+    kd_rrd_weight: float = 0.01
+    kd_ir_weight: float = 0.01
+    kd_interesting: int = 40
+    kd_uninteresting_items: int = 10_000  # Gowalla 30,000 (hours per epoch on 2 CPU cores)
+    kd_uninteresting_users: int = 11_500  # Gowalla 19,500
+    kd_resample_every: int = 10
+    kd_bpr_clamp: bool = True  # sigmoid clamped to [1e-4, 0.9999] before the log
+    kd_rrd_on_ego: bool = True  # RRD / IR-RRD on the layer-0 tables (the code, for LightGCN)
+    kd_nan_topk_quirk: bool = False  # §8.1: True = HEAD's "own train items first"
+    # -- Stage 2: student update (§3.4) ----------------------------------------------------------
+    student_epochs: int = 10
+    student_lr: float = 1e-3
+    student_batch: int = 2048
+    student_n_neg: int = 1
+    stability_weight: float = 0.9  # lambda_s (large: slow proxy)
+    plasticity_weight: float = 0.1  # lambda_p (small: fast proxy; the code's default says 0.9)
+    use_plasticity: bool = True
+    student_replay_abs: int = 100  # N_abs
+    student_s_samples: int = 5
+    student_p_samples: int = 5
+    student_replay_anneal: float = 10.0  # a_T
+    student_replay_reference: Literal["distilled", "live"] = "distilled"  # §8.2
+    replay_eps: float = 1e-4
+    replay_weight: float = 0.5
+    entity_init: Literal["two_hop", "one_hop", "random"] = "two_hop"
+    init_k: int = 20
+    init_fill_quirk: bool = False  # §8.10: True = the code's off-by-one when |N2| == k_init
+    # -- Stage 3: teacher update (§3.5) ----------------------------------------------------------
+    teacher_epochs: int = 10
+    teacher_lr: float = 1e-3
+    teacher_batch: int = 2048
+    teacher_n_neg: int = 1
+    lwc_weight: float = 0.01
+    lwc_tau: float = 5.0
+    cluster_weight: float = 1.0
+    n_clusters: int = 10
+    piw: bool = True
+    piw_per_user: bool = True  # §8.8: False = the code's broadcasting no-op
+    lwc_position_index_quirk: bool = False  # §8.9: LightGCN "before" rows by list position
+    graph_degree: float = 10.0
+    graph_tolerance: float = 0.6
+    teacher_replay_abs: int = 100
+    teacher_s_samples: int = 5
+    teacher_p_samples: int = 5
+    teacher_cl_samples: int = 5
+    teacher_replay_anneal: float = 5.0  # the code reuses the PIW temperature T = 5
+    vae_kl_weight: float = 1.0
+    vae_replay_value: float = 0.1
+    # -- schedule --------------------------------------------------------------------------------
+    teacher_every: int = 1  # teacher update + re-distillation every n-th block (1 = the paper)
+    block_overrides: dict[int, dict[str, Any]] = field(default_factory=dict)  # per block index
+
+    def __post_init__(self) -> None:
+        self.teacher_kinds = tuple(self.teacher_kinds)
+        self.teacher_seeds = tuple(self.teacher_seeds)
+        if self.teacher_seeds and len(self.teacher_seeds) != len(self.teacher_kinds):
+            raise ValueError("teacher_seeds must be empty or have one seed per teacher member")
+        if self.teacher_every < 1:
+            raise ValueError("teacher_every must be >= 1")
+        self.block_overrides = {int(k): dict(v) for k, v in self.block_overrides.items()}
+
+    @property
+    def member_seeds(self) -> tuple[int, ...]:
+        """The teacher members' seeds: ``teacher_seeds``, or 0..n-1 when it is empty."""
+        return self.teacher_seeds or tuple(range(len(self.teacher_kinds)))
+
+    def for_block(self, index: int) -> CCDConfig:
+        """This config with ``block_overrides[index]`` applied (e.g. run.sh's per-block values)."""
+        overrides = self.block_overrides.get(index)
+        return dataclasses.replace(self, **overrides) if overrides else self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Primitives only (lists for tuples), for checkpoints loaded with weights_only."""
+        return asdict(self) | {
+            "teacher_kinds": list(self.teacher_kinds),
+            "teacher_seeds": list(self.teacher_seeds),
+        }
+
+    @classmethod
+    def preset(cls, name: Literal["yelp", "gowalla", "stream"], **overrides: Any) -> CCDConfig:
+        """Reference settings per dataset, or a small fast one for the live service.
+
+        - "yelp": 5 LightGCN teachers (d=128, seeds 0-4), LightGCN student d=8, nui/nuu
+          10,000/11,500, run.sh's per-block replay/proxy values (§3.6).
+        - "gowalla": 5 BPR-MF + 2 Mult-VAE teachers (d=64; VAE seeds 0 and 2; 40,988 items),
+          LightGCN student d=16, nui/nuu 30,000/19,500 (very slow on CPU).
+        - "stream": LightGCN + MF teachers d=32, MF student d=16, few epochs, 500 uninteresting
+          items/users, evaluation every 2 epochs: seconds per block on small blocks.
+        """
+        if name == "yelp":
+            per_block = {
+                k: dict(zip(_RUN_SH_FIELDS, v, strict=True)) for k, v in _YELP_RUN_SH.items()
+            }
+            base = cls(block_overrides=per_block)
+        elif name == "gowalla":
+            base = cls(
+                teacher_kinds=("mf",) * 5 + ("vae",) * 2,
+                teacher_seeds=(0, 1, 2, 3, 4, 0, 2),
+                teacher_dim=64,
+                vae_item_capacity=40_988,
+                student_dim=16,
+                kd_uninteresting_items=30_000,
+                kd_uninteresting_users=19_500,
+            )
+        elif name == "stream":
+            base = cls(
+                teacher_kinds=("lightgcn", "mf"),
+                teacher_dim=32,
+                student_kind="mf",
+                student_dim=16,
+                base_epochs=12,
+                base_batch=1024,
+                base_eval_every=2,
+                base_patience=2,
+                eval_every=2,
+                patience=2,
+                kd_epochs=6,
+                kd_uninteresting_items=500,
+                kd_uninteresting_users=500,
+                kd_resample_every=3,
+                student_epochs=5,
+                teacher_epochs=4,
+                student_replay_abs=50,
+                teacher_replay_abs=50,
+                init_k=10,
+            )
+        else:
+            raise ValueError(f"unknown preset {name!r}; expected yelp, gowalla or stream")
+        return dataclasses.replace(base, **overrides) if overrides else base
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CCDConfig:
+        return cls(**data)
+
+
+# -- member (de)serialisation: primitives and tensors only ------------------------------------
+def member_state(member: Member | None) -> dict[str, Any] | None:
+    if member is None:
+        return None
+    return {
+        "kind": member.kind,
+        "dim": member.dim,
+        "n_users": member.n_users,
+        "n_items": member.n_items,
+        "n_layers": getattr(member, "n_layers", 0),
+        "uniform_noise": getattr(member, "uniform_noise", True),
+        "state": member.state_dict(),
+    }
+
+
+def member_from_state(state: dict[str, Any] | None) -> Member | None:
+    if state is None:
+        return None
+    kwargs: dict[str, Any] = {}
+    if state["kind"] == "lightgcn":
+        kwargs["n_layers"] = state["n_layers"]
+    if state["kind"] == "vae":
+        kwargs["uniform_noise"] = state["uniform_noise"]
+    member = build_member(state["kind"], state["n_users"], state["n_items"], state["dim"], **kwargs)
+    member.load_state_dict(state["state"])
+    member.eval()
+    return member
+
+
+def _inter_state(inter: Interactions) -> dict[str, Tensor]:
+    return {"users": inter.users.clone(), "items": inter.items.clone()}
+
+
+def _inter_from(state: dict[str, Tensor]) -> Interactions:
+    return Interactions(state["users"], state["items"])
+
+
+def block_state(block: BlockData) -> dict[str, Any]:
+    return {
+        "index": block.index,
+        "n_users": block.n_users,
+        "n_items": block.n_items,
+        "train": _inter_state(block.train),
+        "valid": _inter_state(block.valid),
+        "test": _inter_state(block.test),
+    }
+
+
+def block_from_state(state: dict[str, Any]) -> BlockData:
+    return BlockData(
+        state["index"],
+        state["n_users"],
+        state["n_items"],
+        _inter_from(state["train"]),
+        _inter_from(state["valid"]),
+        _inter_from(state["test"]),
+    )
+
+
+# -- shared by CCD and the distilled baselines --------------------------------------------------
+def build_teachers(cfg: CCDConfig, n_users: int, n_items: int) -> list[Member]:
+    members = []
+    for kind, seed in zip(cfg.teacher_kinds, cfg.member_seeds, strict=True):
+        kwargs: dict[str, Any] = {}
+        size = n_items
+        if kind == "lightgcn":
+            kwargs["n_layers"] = cfg.teacher_layers
+        if kind == "vae":
+            kwargs["uniform_noise"] = cfg.vae_uniform_noise
+            size = max(cfg.vae_item_capacity or n_items, n_items)
+        members.append(build_member(kind, n_users, size, cfg.teacher_dim, seed, **kwargs))
+    return members
+
+
+def train_base_teachers(cfg: CCDConfig, block: BlockData) -> tuple[list[Member], dict[str, Any]]:
+    """The base teacher members trained on block 0, and their best valid Recall@20."""
+    members = build_teachers(cfg, block.n_users, block.n_items)
+    scores = {}
+    for i, member in enumerate(members):
+        result = train_base_member(member, block, cfg, seed=cfg.seed * 1000 + i)
+        scores[f"{member.kind}_{i}"] = best_score(result)
+    return members, scores
+
+
+def bootstrap(
+    cfg: CCDConfig, block: BlockData, seed: int
+) -> tuple[list[Member], KDResult, BlockReport]:
+    """Block 0: base teachers, their ensemble T_0 and the distilled student D_0."""
+    times: dict[str, float] = {}
+    teachers, teacher_scores = _timed(times, "base_teachers", train_base_teachers, cfg, block)
+    teacher = ensemble_scorer(teachers, block.n_items, cfg.ensemble_power)
+    kd = _timed(times, "distill", distill, teacher, block, cfg, None, seed + cfg.student_seed)
+    info = {
+        "teacher_updated": True,
+        "base_teacher_valid_recall@20": teacher_scores,
+        "distill_valid_recall@20": best_score(kd.fit),
+    }
+    return teachers, kd, BlockReport(times, info)
+
+
+def best_score(result: FitResult) -> float | None:
+    """The best validation score, or None when nothing was validated (JSON-safe)."""
+    return result.best_score if math.isfinite(result.best_score) else None
+
+
+def _timed(times: dict[str, float], name: str, fn, *args, **kwargs):
+    started = time.perf_counter()
+    out = fn(*args, **kwargs)
+    times[name] = times.get(name, 0.0) + time.perf_counter() - started
+    return out
+
+
+class CCDLearner:
+    """CCD over a stream of blocks (implements ``models.api.BlockLearner``).
+
+    Besides ``student()`` (the deployed continual student CL_k; D_0 after block 0) it exposes
+    ``teacher_scorer()`` (the ensemble T) and ``distilled_student()`` (the latest D).
+    """
+
+    def __init__(self, config: CCDConfig | None = None, **overrides: Any) -> None:
+        config = config or CCDConfig()
+        self.config = dataclasses.replace(config, **overrides) if overrides else config
+        self.teachers: list[Member] = []
+        self.teacher_window: TeacherWindow | None = None  # what the teachers last trained on
+        self.teacher_top: Tensor | None = None  # T's top-K without its train items
+        self.pending: list[BlockData] = []  # blocks since the last teacher update
+        self.distilled: Member | None = None  # the latest D
+        self.current: Member | None = None  # the deployed student
+        self.stability: Member | None = None
+        self.plasticity: Member | None = None
+        self.base_is_distilled = False  # the next Stage 2 starts from a fresh D (else from CL)
+        self.proxies_blended = False  # the proxies went through at least one EMA update
+        self.prev_train = Interactions.empty()
+        self.blocks_seen = 0
+        self.teacher_updates = 0
+
+    # -- the BlockLearner verbs --------------------------------------------------------------
+    def learn_block(self, block: BlockData) -> BlockReport:
+        cfg = self.config.for_block(self.blocks_seen)
+        seed = cfg.seed * 100_003 + self.blocks_seen * 101
+        # Components drawing from torch's global RNG (Mult-VAE noise) get a per-block seed
+        # without disturbing the caller's RNG state.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if not self.teachers:
+                report = self._bootstrap(block, cfg, seed)
+            else:
+                report = self._continual_block(block, cfg, seed)
+        self.prev_train = block.train
+        self.blocks_seen += 1
+        report.info["block"] = self.blocks_seen - 1
+        return report
+
+    def student(self) -> Embeddings:
+        if self.current is None:
+            raise RuntimeError("no block learned yet")
+        return self.current.export()
+
+    def teacher_scorer(self) -> SizedScorer:
+        """The current teacher ensemble T as a scorer (B,) -> (B, I_T)."""
+        if not self.teachers or self.teacher_window is None:
+            raise RuntimeError("no block learned yet")
+        return ensemble_scorer(
+            self.teachers, self.teacher_window.block.n_items, self.config.ensemble_power
+        )
+
+    def distilled_student(self) -> Embeddings:
+        """The latest student distilled from the teacher (D_k), before any continual update."""
+        if self.distilled is None:
+            raise RuntimeError("no block learned yet")
+        return self.distilled.export()
+
+    # -- block 0 -----------------------------------------------------------------------------
+    def _bootstrap(self, block: BlockData, cfg: CCDConfig, seed: int) -> BlockReport:
+        self.teachers, kd, report = bootstrap(cfg, block, seed)
+        self._adopt_distilled(kd, block)
+        self.current = kd.student
+        return report
+
+    def _adopt_distilled(self, kd: KDResult, window: BlockData) -> None:
+        self.distilled = kd.student
+        self.teacher_top = kd.lists.top_items
+        self.teacher_window = TeacherWindow.of(window)
+        self.base_is_distilled = True
+        self.pending = []
+
+    # -- block k >= 1 ------------------------------------------------------------------------
+    def _refresh_proxies(self, start: Member, cfg: CCDConfig) -> None:
+        if self.stability is None:
+            self.stability = update_proxy(None, start, cfg.stability_weight)
+            self.plasticity = self.stability
+        elif self.base_is_distilled:
+            self.stability = update_proxy(self.stability, start, cfg.stability_weight)
+            self.plasticity = update_proxy(self.plasticity, start, cfg.plasticity_weight)
+            self.proxies_blended = True
+
+    def _continual_block(self, block: BlockData, cfg: CCDConfig, seed: int) -> BlockReport:
+        times: dict[str, float] = {}
+        start = self.distilled if self.base_is_distilled else self.current
+        _timed(times, "proxies", self._refresh_proxies, start, cfg)
+        self.base_is_distilled = False
+        use_p = self.proxies_blended and cfg.use_plasticity
+        plasticity = self.plasticity if use_p else None
+        stage2 = _timed(
+            times,
+            "student_update",
+            update_student,
+            start,
+            self.stability,
+            plasticity,
+            self.teacher_top,
+            self.prev_train,
+            block,
+            cfg,
+            seed,
+            self.proxies_blended,
+        )
+        self.current = stage2.student
+        self.pending.append(block)
+        info: dict[str, Any] = {
+            "student_valid_recall@20": best_score(stage2.fit),
+            "student_best_epoch": stage2.fit.best_epoch,
+            "student_replay_size": stage2.replay_size,
+        }
+        update_teacher = self.blocks_seen % cfg.teacher_every == 0
+        info["teacher_updated"] = update_teacher
+        if update_teacher:
+            info.update(self._teacher_cycle(block, cfg, seed, times, use_p))
+        return BlockReport(times, info)
+
+    def _teacher_cycle(
+        self, block: BlockData, cfg: CCDConfig, seed: int, times: dict[str, float], use_p: bool
+    ) -> dict[str, Any]:
+        window = merge_windows(self.pending)
+        assert self.teacher_window is not None and self.current is not None
+        n_users = window.n_users
+        stage2_filters = [
+            user_item_lists(self.prev_train, n_users),
+            user_item_lists(block.train, n_users),
+        ]
+        proxies = [(self.stability, cfg.teacher_s_samples)]
+        if use_p:
+            proxies.append((self.plasticity, cfg.teacher_p_samples))
+        sources = [ReplaySource(member_scorer(m), n, stage2_filters) for m, n in proxies]
+        sources.append(ReplaySource(member_scorer(self.current), cfg.teacher_cl_samples))
+        k = cfg.exclusion_k
+        exclusion = concat_lists(
+            self.teacher_top,
+            *[
+                top_items_padded(s.scorer, s.scorer.n_users, n_users, k, s.filters, cfg.chunk)
+                for s in sources
+            ],
+        )
+        started = time.perf_counter()
+        old = OldStructure.build(self.teacher_window, n_users, window.n_items, cfg)
+        ctx = TeacherContext(TeacherWindow.of(window), old, self.teacher_window, sources, exclusion)
+        times["teacher_graphs"] = time.perf_counter() - started
+        scores = {}
+        for i, member in enumerate(self.teachers):
+            result = _timed(
+                times, "teacher_update", update_member, member, ctx, cfg, seed + 7 * i + 3
+            )
+            scores[f"{member.kind}_{i}"] = best_score(result)
+        self.teacher_updates += 1
+        # Stage 1 on the window: exclude S / P / CL_k's top-K without the window's train items.
+        window_filter = [user_item_lists(window.train, n_users)]
+        kd_exclusion = concat_lists(
+            *[
+                top_items_padded(s.scorer, s.scorer.n_users, n_users, k, window_filter, cfg.chunk)
+                for s in sources
+            ]
+        )
+        teacher = ensemble_scorer(self.teachers, window.n_items, cfg.ensemble_power)
+        kd = _timed(
+            times, "distill", distill, teacher, window, cfg, kd_exclusion, seed + cfg.student_seed
+        )
+        self._adopt_distilled(kd, window)
+        return {"teacher_valid_recall@20": scores, "distill_valid_recall@20": best_score(kd.fit)}
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config.to_dict(),
+            "counters": {
+                "blocks_seen": self.blocks_seen,
+                "teacher_updates": self.teacher_updates,
+                "base_is_distilled": self.base_is_distilled,
+                "proxies_blended": self.proxies_blended,
+                "plasticity_is_stability": self.plasticity is self.stability,
+            },
+            "teachers": [member_state(m) for m in self.teachers],
+            "distilled": member_state(self.distilled),
+            "current": member_state(self.current),
+            "stability": member_state(self.stability),
+            "plasticity": member_state(self.plasticity),
+            "teacher_top": self.teacher_top,
+            "teacher_window": None
+            if self.teacher_window is None
+            else block_state(self.teacher_window.block),
+            "pending": [block_state(b) for b in self.pending],
+            "prev_train": _inter_state(self.prev_train),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.config = CCDConfig.from_dict(state["config"])
+        counters = state["counters"]
+        self.blocks_seen = int(counters["blocks_seen"])
+        self.teacher_updates = int(counters["teacher_updates"])
+        self.base_is_distilled = bool(counters["base_is_distilled"])
+        self.proxies_blended = bool(counters["proxies_blended"])
+        self.teachers = [member_from_state(m) for m in state["teachers"]]
+        self.distilled = member_from_state(state["distilled"])
+        self.current = member_from_state(state["current"])
+        self.stability = member_from_state(state["stability"])
+        self.plasticity = (
+            self.stability
+            if counters["plasticity_is_stability"]
+            else member_from_state(state["plasticity"])
+        )
+        self.teacher_top = state["teacher_top"]
+        window = state["teacher_window"]
+        self.teacher_window = None if window is None else TeacherWindow.of(block_from_state(window))
+        self.pending = [block_from_state(b) for b in state["pending"]]
+        self.prev_train = _inter_from(state["prev_train"])

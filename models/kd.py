@@ -1,0 +1,286 @@
+"""Stage 1: distil a fresh, randomly initialised student from the teacher ensemble (§3.3).
+
+Per epoch: BPR minibatches (batch 1024, sigmoid clamped as in ``KD.py``) each plus 0.01 x the
+relaxed ranking loss (RRD) of the batch's unique users; then a pass over all items (shuffled,
+batches of 1024) with 0.01 x IR-RRD. Interesting items/users are the teacher's top-40 (train
+pairs excluded: DE-RRD semantics, or the code's NaN-first quirk); uninteresting ones are drawn
+uniformly without replacement from everything else, re-drawn every 10 epochs.
+
+Cost: the sampled uninteresting lists are stored as int32, (U x nui) + (I x nuu): ~1 GB for the
+Yelp reference sizes (10,000 / 11,500), ~5.4 GB for Gowalla's (30,000 / 19,500). Every minibatch
+scores (batch users x nui) pairs: measured on Yelp block 0 with the "yelp" preset, one KD epoch
+took ~5-6.5 min on the shared 2-core machine (~1-2 s per step); Gowalla's sizes would take hours
+per run. The "stream" preset uses 500 / 500.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from models.api import BlockData, Interactions
+from models.data import CSR, user_item_lists
+from models.losses import bpr_loss, relaxed_ranking_loss
+from models.members import Member, build_member
+from models.metrics import member_scorer, ranking_metrics
+from models.replay import concat_lists, fill_rows_, sample_without_replacement
+from models.sampling import forbidden_keys, sample_negatives
+from models.training import FitResult, fit
+
+if TYPE_CHECKING:
+    from models.ccd import CCDConfig
+
+Scorer = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class TeacherLists:
+    """What Stage 1 reads off the teacher, computed in one chunked pass.
+
+    Attributes:
+        interesting_items: (U, K) per user, in teacher order.
+        interesting_users: (I, K) per item, in teacher order.
+        top_items: (U, K) the teacher's top-K after removing train items, the negative-exclusion
+            list of the next stages (equal to ``interesting_items`` without the NaN quirk).
+    """
+
+    interesting_items: Tensor
+    interesting_users: Tensor
+    top_items: Tensor
+
+
+def teacher_lists(
+    teacher: Scorer,
+    n_users: int,
+    n_items: int,
+    train_csr: CSR,
+    k: int = 40,
+    nan_quirk: bool = False,
+    chunk: int = 1024,
+) -> TeacherLists:
+    """Interesting items (row top-k) and users (column top-k) of the teacher's scores.
+
+    With ``nan_quirk`` the train pairs rank FIRST (HEAD sets them to NaN, which ``torch.topk``
+    ranks above every number), otherwise they are excluded (DE-RRD). Columns are merged across
+    user chunks with a running top-k, so no U x I matrix is held.
+    """
+    k_items, k_users = min(k, n_items), min(k, n_users)
+    top_items = torch.empty(n_users, k_items, dtype=torch.long)
+    interesting = top_items if not nan_quirk else torch.empty_like(top_items)
+    col_values = torch.empty(0, n_items)
+    col_users = torch.empty(0, n_items, dtype=torch.long)
+    with torch.no_grad():
+        for start in range(0, n_users, chunk):
+            batch = torch.arange(start, min(start + chunk, n_users))
+            scores = teacher(batch)[:, :n_items].float()
+            filtered = fill_rows_(scores.clone(), batch, train_csr, float("-inf"))
+            top_items[batch] = torch.topk(filtered, k_items, dim=1).indices
+            marked = filtered
+            if nan_quirk:
+                marked = fill_rows_(scores, batch, train_csr, float("inf"))
+                interesting[batch] = torch.topk(marked, k_items, dim=1).indices
+            values = torch.cat([col_values, marked])
+            users = torch.cat([col_users, batch.unsqueeze(1).expand(-1, n_items)])
+            best = torch.topk(values, min(k_users, values.shape[0]), dim=0)
+            col_values, col_users = best.values, users.gather(0, best.indices)
+    return TeacherLists(interesting, col_users.T.contiguous(), top_items)
+
+
+def blocked_pairs(
+    n_users: int,
+    n_items: int,
+    train: Interactions,
+    exclusion: Tensor | None,
+    lists: TeacherLists,
+) -> tuple[CSR, CSR]:
+    """User-side and item-side CSRs of the pairs no uninteresting sample may take: train pairs,
+    the negative-exclusion lists, interesting items, and (u, i) with u interesting for i."""
+    keys = [train.users.long() * n_items + train.items.long()]
+    rows = torch.arange(n_users).unsqueeze(1)
+    keys.append((rows * n_items + lists.interesting_items).flatten())
+    item_rows = torch.arange(n_items).unsqueeze(1)
+    keys.append((lists.interesting_users * n_items + item_rows).flatten())
+    if exclusion is not None and exclusion.numel():
+        ex_rows = torch.arange(exclusion.shape[0]).unsqueeze(1).expand_as(exclusion)
+        ok = (exclusion >= 0) & (exclusion < n_items) & (ex_rows < n_users)
+        keys.append(ex_rows[ok] * n_items + exclusion[ok])
+    flat = torch.unique(torch.cat(keys))
+    pairs = Interactions(flat // n_items, flat % n_items)
+    by_user = user_item_lists(pairs, n_users)
+    by_item = user_item_lists(Interactions(pairs.items, pairs.users), n_items)
+    return by_user, by_item
+
+
+def sample_uninteresting(
+    n_rows: int,
+    n_cols: int,
+    blocked: CSR,
+    n_samples: int,
+    generator: torch.Generator | None = None,
+    chunk: int = 512,
+) -> Tensor:
+    """``n_samples`` columns per row, uniformly without replacement among the unblocked ones.
+
+    Returns:
+        (n_rows, min(n_samples, n_cols)) int32, -1 where a row has fewer unblocked columns.
+    """
+    width = min(n_samples, n_cols)
+    out = torch.full((n_rows, width), -1, dtype=torch.int32)
+    for start in range(0, n_rows, chunk):
+        rows = torch.arange(start, min(start + chunk, n_rows))
+        log_w = fill_rows_(torch.zeros(rows.numel(), n_cols), rows, blocked, float("-inf"))
+        picks, valid = sample_without_replacement(log_w, width, generator)
+        out[rows] = torch.where(valid, picks, -1).to(torch.int32)
+    return out
+
+
+def gathered_scores(anchors: Tensor, table: Tensor, index: Tensor) -> Tensor:
+    """anchors (B, d) · table[index] for index (B, m) -> (B, m); dense matmul when m is large."""
+    if index.shape[1] * 4 >= table.shape[0]:
+        return (anchors @ table.T).gather(1, index)
+    return torch.einsum("bd,bmd->bm", anchors, table[index])
+
+
+def validation_recall(member: Member, block: BlockData) -> Callable[[], float] | None:
+    """Valid Recall@20 of ``member`` on ``block`` (train and test items excluded, §4.1), or
+    None when the block has no validation split (then ``fit`` keeps the last epoch)."""
+    if len(block.valid) == 0:
+        return None
+
+    def validate() -> float:
+        member.eval()
+        metrics = ranking_metrics(
+            member_scorer(member), block.valid, [block.train, block.test], (20,)
+        )
+        member.train()
+        return metrics["recall@20"]
+
+    return validate
+
+
+def build_student(cfg: CCDConfig, n_users: int, n_items: int, seed: int) -> Member:
+    kwargs = {"n_layers": cfg.student_layers} if cfg.student_kind == "lightgcn" else {}
+    return build_member(cfg.student_kind, n_users, n_items, cfg.student_dim, seed, **kwargs)
+
+
+@dataclass
+class KDResult:
+    student: Member
+    lists: TeacherLists
+    fit: FitResult
+
+
+def distill(
+    teacher: Scorer,
+    block: BlockData,
+    cfg: CCDConfig,
+    exclusion: Tensor | None = None,
+    seed: int = 0,
+    lists: TeacherLists | None = None,
+) -> KDResult:
+    """Distil a fresh student (sizes of ``block``) from ``teacher`` on ``block.train``.
+
+    Args:
+        teacher: the ensemble's scorer, covering block.n_users x block.n_items.
+        exclusion: (U_ex, m) negative-exclusion lists (S/P/CL top-40 at k >= 1), -1 padded.
+        lists: precomputed ``teacher_lists`` (else computed here).
+    """
+    n_users, n_items = block.n_users, block.n_items
+    train_csr = user_item_lists(block.train, n_users)
+    if lists is None:
+        lists = teacher_lists(
+            teacher,
+            n_users,
+            n_items,
+            train_csr,
+            cfg.kd_interesting,
+            cfg.kd_nan_topk_quirk,
+            cfg.chunk,
+        )
+    student = build_student(cfg, n_users, n_items, seed)
+    student.set_graph(block.train)
+    excl = (
+        lists.interesting_items
+        if exclusion is None
+        else concat_lists(exclusion, lists.interesting_items)
+    )
+    forbidden = forbidden_keys(n_items, train_csr, excl)
+    blocked_u, blocked_i = blocked_pairs(n_users, n_items, block.train, exclusion, lists)
+    gen = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(student.parameters(), lr=cfg.kd_lr, weight_decay=cfg.weight_decay)
+    users, items = block.train.users.long(), block.train.items.long()
+    uninteresting: dict[str, Tensor] = {}
+
+    def step(loss: Tensor) -> float:
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    def rrd_tables() -> tuple[Tensor, Tensor]:
+        if cfg.kd_rrd_on_ego:
+            return student.user_table.weight, student.item_table.weight
+        return student.embeddings()
+
+    def train_epoch(epoch: int) -> float:
+        student.train()
+        if epoch % cfg.kd_resample_every == 0:
+            uninteresting["items"] = sample_uninteresting(
+                n_users, n_items, blocked_u, cfg.kd_uninteresting_items, gen
+            )
+            uninteresting["users"] = sample_uninteresting(
+                n_items, n_users, blocked_i, cfg.kd_uninteresting_users, gen
+            )
+        negatives = sample_negatives(
+            users, n_items, None, None, cfg.kd_n_neg, gen, forbidden=forbidden
+        )
+        clamp = (1e-4, 0.9999) if cfg.kd_bpr_clamp else None
+        total = 0.0
+        for batch in torch.randperm(len(users), generator=gen).split(cfg.kd_batch):
+            u, p, n = users[batch], items[batch], negatives[batch]
+            user_emb, item_emb = student.embeddings()
+            pos = (user_emb[u] * item_emb[p]).sum(-1)
+            neg = torch.einsum("nd,nmd->nm", user_emb[u], item_emb[n])
+            loss = bpr_loss(pos, neg, clamp)
+            batch_users = u.unique()
+            ego_u, ego_i = rrd_tables()
+            loss = loss + cfg.kd_rrd_weight * _rrd(
+                ego_u[batch_users],
+                ego_i,
+                lists.interesting_items[batch_users],
+                uninteresting["items"][batch_users],
+            )
+            total += step(loss)
+        for batch_items in torch.randperm(n_items, generator=gen).split(cfg.kd_batch):
+            ego_u, ego_i = rrd_tables()
+            loss = cfg.kd_ir_weight * _rrd(
+                ego_i[batch_items],
+                ego_u,
+                lists.interesting_users[batch_items],
+                uninteresting["users"][batch_items],
+            )
+            total += step(loss)
+        return total
+
+    result = fit(
+        train_epoch,
+        validation_recall(student, block),
+        student,
+        cfg.kd_epochs,
+        cfg.eval_every,
+        cfg.patience,
+    )
+    student.eval()
+    return KDResult(student, lists, result)
+
+
+def _rrd(anchors: Tensor, table: Tensor, interesting: Tensor, uninteresting: Tensor) -> Tensor:
+    """Summed relaxed ranking loss of ``anchors`` against their interesting / sampled lists."""
+    valid = uninteresting >= 0
+    inter_scores = gathered_scores(anchors, table, interesting)
+    unint_scores = gathered_scores(anchors, table, uninteresting.long().clamp(min=0))
+    return relaxed_ranking_loss(inter_scores, unint_scores, valid).sum()

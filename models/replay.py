@@ -1,0 +1,204 @@
+"""Proxy-guided replay (ccd-method.md §3.4c, §3.5.5) and the chunked score utilities it needs.
+
+For a source X (a proxy, or the continual student) and a reference ranking W (the starting
+student in Stage 2, the teacher itself in Stage 3), each user u of X draws n_X items WITHOUT
+replacement with probability
+
+    p_X(i | u) ∝ exp(eps · (rank_W(u, i) - rank_X(u, i))) · 1[rank_X(u, i) < N_abs],
+
+i.e. among X's top-N_abs, preferring items X ranks much higher than W ("forgotten" knowledge).
+The label is sigmoid(X's score). Samples of several sources are pooled, keeping the max label of
+a duplicated (u, i). Everything runs per chunk of users: one (chunk, I) score block at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from models.data import CSR, gather_rows
+
+Scorer = Callable[[Tensor], Tensor]
+FILTERED = -1e8  # the code's score for filtered (already interacted) items
+
+
+@dataclass
+class ReplaySet:
+    """Replay triples: ``users`` (n,), ``items`` (n,) int64 and soft ``labels`` (n,) float32."""
+
+    users: Tensor
+    items: Tensor
+    labels: Tensor
+
+    def __len__(self) -> int:
+        return int(self.users.numel())
+
+    @classmethod
+    def empty(cls) -> ReplaySet:
+        e = torch.empty(0, dtype=torch.long)
+        return cls(e, e.clone(), torch.empty(0))
+
+
+def fill_rows_(scores: Tensor, users: Tensor, csr: CSR | None, value: float = FILTERED) -> Tensor:
+    """Set ``scores[b, i] = value`` for every item i of user ``users[b]`` in ``csr``, in place.
+
+    Args:
+        scores: (B, I) score block of ``users`` (B,); items >= I in the CSR are ignored.
+    """
+    if csr is None:
+        return scores
+    rows, cols = gather_rows(*csr, users)
+    keep = cols < scores.shape[1]
+    scores[rows[keep], cols[keep]] = value
+    return scores
+
+
+def top_items_padded(
+    scorer: Scorer,
+    n_scored: int,
+    n_rows: int,
+    k: int,
+    filters: Sequence[CSR | None] = (),
+    chunk: int = 1024,
+) -> Tensor:
+    """Each user's top-``k`` items (a negative-exclusion list), shape (n_rows, k), -1 padded.
+
+    Users 0..n_scored-1 are scored (after setting ``filters``' items to -1e8, as the code's
+    ``filtering_simple``); rows n_scored..n_rows-1 (users the model does not know) are -1.
+    """
+    out = torch.full((n_rows, k), -1, dtype=torch.long)
+    with torch.no_grad():
+        for start in range(0, min(n_scored, n_rows), chunk):
+            batch = torch.arange(start, min(start + chunk, n_scored, n_rows))
+            scores = scorer(batch).float()
+            for csr in filters:
+                fill_rows_(scores, batch, csr)
+            top = torch.topk(scores, min(k, scores.shape[1]), dim=1).indices
+            out[batch, : top.shape[1]] = top
+    return out
+
+
+def concat_lists(*lists: Tensor | None) -> Tensor | None:
+    """Column-concatenate -1-padded per-user item lists (n_i, m_i) with different row counts;
+    missing rows become -1. None entries are skipped; None if nothing is left."""
+    parts = [x for x in lists if x is not None]
+    if not parts:
+        return None
+    rows = max(x.shape[0] for x in parts)
+    out = torch.full((rows, sum(x.shape[1] for x in parts)), -1, dtype=torch.long)
+    col = 0
+    for x in parts:
+        out[: x.shape[0], col : col + x.shape[1]] = x
+        col += x.shape[1]
+    return out
+
+
+def rank_matrix(scores: Tensor) -> Tensor:
+    """0-based rank of each entry in its row's descending order, shape (B, I) int64."""
+    order = torch.argsort(scores, dim=1, descending=True)
+    ranks = torch.empty_like(order)
+    positions = torch.arange(scores.shape[1]).expand_as(order)
+    return ranks.scatter_(1, order, positions)
+
+
+def sample_without_replacement(
+    log_weights: Tensor, n: int, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
+    """Draw ``n`` columns per row without replacement, P ∝ exp(log_weights), sequentially.
+
+    Gumbel-top-k: the top n of log_weights + Gumbel noise is distributed exactly like n
+    successive draws without replacement (the same distribution as
+    ``torch.multinomial(weights, n, replacement=False)``), but it takes log-weights (no
+    overflow) and rows with fewer than ``n`` admissible columns (log-weight -inf) are allowed.
+
+    Args:
+        log_weights: (B, N); -inf = not admissible.
+
+    Returns:
+        (indices (B, n') int64, valid (B, n') bool) with n' = min(n, N); ``valid`` is False
+        where a row ran out of admissible columns.
+    """
+    n = min(n, log_weights.shape[1])
+    uniform = torch.rand(log_weights.shape, generator=generator).clamp_(min=1e-20)
+    keys = log_weights - torch.log(-torch.log(uniform))
+    values, indices = torch.topk(keys, n, dim=1)
+    return indices, torch.isfinite(values)
+
+
+def sample_replay(
+    source: Scorer,
+    reference: Scorer,
+    users: Tensor,
+    n_samples: int,
+    n_abs: int,
+    eps: float,
+    source_filters: Sequence[CSR | None] = (),
+    generator: torch.Generator | None = None,
+    chunk: int = 512,
+) -> ReplaySet:
+    """Proxy-guided replay samples of one source for ``users`` (the source's rows).
+
+    Args:
+        source: X's scorer, (B,) -> (B, I_X); its items ranked in X's order.
+        reference: W's scorer, (B,) -> (B, I_W) with I_W >= I_X (its rows cover ``users``).
+        n_samples: n_X per user; n_abs: N_abs; eps: the rank-gap temperature (1e-4).
+        source_filters: CSRs of items set to -1e8 in X's scores before ranking and labelling
+            (the code filters the proxies with the previous and current block's train items).
+
+    Returns:
+        the sampled (user, item, sigmoid(X score)) triples.
+    """
+    if n_samples <= 0 or users.numel() == 0:
+        return ReplaySet.empty()
+    parts = []
+    with torch.no_grad():
+        for start in range(0, users.numel(), chunk):
+            batch = users[start : start + chunk]
+            scores = source(batch).float()
+            for csr in source_filters:
+                fill_rows_(scores, batch, csr)
+            n_items = scores.shape[1]
+            top_scores, candidates = torch.topk(scores, min(n_abs, n_items), dim=1)
+            ref_rank = rank_matrix(reference(batch).float())[:, :n_items]
+            own_rank = torch.arange(candidates.shape[1]).unsqueeze(0)  # rank_X of the t-th top
+            log_w = eps * (ref_rank.gather(1, candidates) - own_rank).double()
+            pick, valid = sample_without_replacement(log_w, n_samples, generator)
+            rows = batch.unsqueeze(1).expand_as(pick)[valid]
+            parts.append(
+                ReplaySet(
+                    rows,
+                    candidates.gather(1, pick)[valid],
+                    torch.sigmoid(top_scores.gather(1, pick)[valid]),
+                )
+            )
+    return pool_max(parts)
+
+
+def pool_max(sets: Sequence[ReplaySet]) -> ReplaySet:
+    """Union of replay sets; a (user, item) drawn more than once keeps its max label."""
+    sets = [s for s in sets if len(s)]
+    if not sets:
+        return ReplaySet.empty()
+    users = torch.cat([s.users for s in sets])
+    items = torch.cat([s.items for s in sets])
+    labels = torch.cat([s.labels.float() for s in sets])
+    stride = int(items.max()) + 1
+    keys, inverse = torch.unique(users * stride + items, return_inverse=True)
+    best = torch.full((keys.numel(),), -torch.inf).scatter_reduce(
+        0, inverse, labels, reduce="amax", include_self=True
+    )
+    return ReplaySet(keys // stride, keys % stride, best)
+
+
+def replay_batches(
+    replay: ReplaySet, batch_size: int, generator: torch.Generator | None = None
+) -> list[ReplaySet]:
+    """The replay set shuffled and cut into batches of ``batch_size`` (the last may be short)."""
+    order = torch.randperm(len(replay), generator=generator)
+    return [
+        ReplaySet(replay.users[idx], replay.items[idx], replay.labels[idx])
+        for idx in order.split(batch_size)
+    ]

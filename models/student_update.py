@@ -1,0 +1,194 @@
+"""Stage 2: continual update of the student on block k (ccd-method.md §3.4, ``S_update.py``).
+
+Starting from the distilled student D_{k-1}: grow it to the block's new users/items with the
+entity initialisation, then per epoch a BPR pass over D_k train (negatives avoid the user's
+positives and the exclusion lists) and a replay pass over the proxy-guided replay set with soft
+labels, weighted lambda_e = 0.5 exp(-e / 10). The result CL_k is the deployed student.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from models.api import BlockData, Interactions
+from models.data import user_item_lists
+from models.entity_init import grow_member
+from models.kd import validation_recall
+from models.losses import annealed_weight, replay_bce_loss
+from models.members import Member
+from models.metrics import member_scorer
+from models.replay import (
+    ReplaySet,
+    concat_lists,
+    pool_max,
+    replay_batches,
+    sample_replay,
+    top_items_padded,
+)
+from models.sampling import forbidden_keys, sample_negatives
+from models.training import FitResult, fit
+
+if TYPE_CHECKING:
+    from models.ccd import CCDConfig
+
+
+@dataclass
+class StudentUpdateResult:
+    student: Member  # CL_k
+    fit: FitResult
+    replay_size: int
+    exclusion: Tensor | None
+
+
+def bpr_and_replay_epoch(
+    member: Member,
+    optimizer: torch.optim.Optimizer,
+    train: Interactions,
+    forbidden: Tensor,
+    n_neg: int,
+    batch_size: int,
+    replay: ReplaySet,
+    replay_weight: float,
+    generator: torch.Generator,
+    extra_loss=None,
+) -> float:
+    """One epoch of Stages 2/3: BPR minibatches (SUM loss, plus ``extra_loss(users, pos)`` if
+    given), then the shuffled replay set with ``replay_weight`` x SUM of BCE-with-logits."""
+    member.train()
+    users, items = train.users.long(), train.items.long()
+    negatives = sample_negatives(
+        users, member.n_items, None, None, n_neg, generator, forbidden=forbidden
+    )
+    total = 0.0
+    for batch in torch.randperm(len(users), generator=generator).split(batch_size):
+        loss = member.bpr_loss(users[batch], items[batch], negatives[batch])
+        if extra_loss is not None:
+            loss = loss + extra_loss(users[batch], items[batch])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        total += loss.item()
+    if replay_weight > 0:
+        for part in replay_batches(replay, batch_size, generator):
+            loss = replay_weight * replay_bce_loss(
+                member.score_pairs(part.users, part.items), part.labels
+            )
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total += loss.item()
+    return total
+
+
+def update_student(
+    start: Member,
+    stability: Member | None,
+    plasticity: Member | None,
+    teacher_top: Tensor | None,
+    prev_train: Interactions,
+    block: BlockData,
+    cfg: CCDConfig,
+    seed: int = 0,
+    proxies_in_exclusion: bool = True,
+) -> StudentUpdateResult:
+    """CL_k from ``start`` (D_{k-1}, left untouched) on ``block``.
+
+    Args:
+        stability, plasticity: the frozen proxies S and P (None = not used; P is None at k = 1).
+        teacher_top: (U_T, K) the last teacher's top-K without its train items (exclusion).
+        prev_train: D_{k-1} train, filtered out of the proxies' lists with D_k train.
+        proxies_in_exclusion: add S's and P's raw top-K to the exclusion lists (k >= 2).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    k = cfg.exclusion_k
+    n_old = start.n_users
+    exclusion = concat_lists(
+        teacher_top,
+        top_items_padded(member_scorer(start), n_old, n_old, k, chunk=cfg.chunk),
+        *[
+            top_items_padded(member_scorer(p), p.n_users, n_old, k, chunk=cfg.chunk)
+            for p in (stability, plasticity)
+            if proxies_in_exclusion and p is not None
+        ],
+    )
+    student = copy.deepcopy(start)
+    for param in student.parameters():
+        param.requires_grad_(True)
+    grow_member(
+        student,
+        block.train,
+        block.n_users,
+        block.n_items,
+        cfg.entity_init,
+        cfg.init_k,
+        cfg.init_fill_quirk,
+        gen,
+    )
+    student.set_graph(block.train)
+    filters = [
+        user_item_lists(prev_train, student.n_users),
+        user_item_lists(block.train, student.n_users),
+    ]
+    sources = [(stability, cfg.student_s_samples), (plasticity, cfg.student_p_samples)]
+    reference = {"scorer": member_scorer(start)}
+
+    def draw() -> ReplaySet:
+        parts = [
+            sample_replay(
+                member_scorer(proxy),
+                reference["scorer"],
+                torch.arange(proxy.n_users),
+                n,
+                cfg.student_replay_abs,
+                cfg.replay_eps,
+                filters,
+                gen,
+                cfg.chunk,
+            )
+            for proxy, n in sources
+            if proxy is not None and n > 0
+        ]
+        return pool_max(parts)
+
+    replay = {"set": draw()}
+    forbidden = forbidden_keys(
+        student.n_items, user_item_lists(block.train, student.n_users), exclusion
+    )
+    optimizer = torch.optim.Adam(
+        student.parameters(), lr=cfg.student_lr, weight_decay=cfg.weight_decay
+    )
+
+    def train_epoch(epoch: int) -> float:
+        # The code re-draws after every evaluation but the first (epoch 0).
+        if epoch > 1 and (epoch - 1) % cfg.eval_every == 0:
+            if cfg.student_replay_reference == "live":
+                reference["scorer"] = member_scorer(student)
+            replay["set"] = draw()
+        weight = annealed_weight(cfg.replay_weight, epoch, cfg.student_replay_anneal)
+        return bpr_and_replay_epoch(
+            student,
+            optimizer,
+            block.train,
+            forbidden,
+            cfg.student_n_neg,
+            cfg.student_batch,
+            replay["set"],
+            weight,
+            gen,
+        )
+
+    result = fit(
+        train_epoch,
+        validation_recall(student, block),
+        student,
+        cfg.student_epochs,
+        cfg.eval_every,
+        cfg.patience,
+    )
+    student.eval()
+    return StudentUpdateResult(student, result, len(replay["set"]), exclusion)

@@ -1,0 +1,248 @@
+"""End-to-end CCD (and the distilled baselines) on a small synthetic low-rank stream."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from models.api import BlockData, Interactions
+from models.ccd import CCDConfig, CCDLearner
+from models.data import split_block, user_item_lists
+from models.distilled_baselines import FrozenStudentLearner, TeacherFineTuneLearner
+from models.members import build_member
+from models.metrics import embedding_scorer, ranking_metrics
+from models.teacher_update import (
+    ContinualLoss,
+    OldStructure,
+    TeacherContext,
+    TeacherWindow,
+    similarity_graph,
+)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Tiny tensors: one torch thread avoids OpenMP contention on a busy machine (~5x faster)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+N_BLOCKS, USERS0, ITEMS0, NEW_USERS, NEW_ITEMS = 3, 160, 100, 30, 15
+
+
+def synthetic_stream(seed: int = 0) -> list[BlockData]:
+    """Users pick 10 items each from softmax(2 u·i) of 4-d factors; later blocks bring new users
+    and items and re-activate half of the old users."""
+    g = torch.Generator().manual_seed(seed)
+    users_f = torch.randn(USERS0 + NEW_USERS * N_BLOCKS, 4, generator=g)
+    items_f = torch.randn(ITEMS0 + NEW_ITEMS * N_BLOCKS, 4, generator=g)
+    blocks = []
+    for k in range(N_BLOCKS):
+        n_users, n_items = USERS0 + NEW_USERS * k, ITEMS0 + NEW_ITEMS * k
+        if k == 0:
+            active = torch.arange(n_users)
+        else:
+            old = torch.randperm(n_users - NEW_USERS, generator=g)[: USERS0 // 2]
+            active = torch.cat([old, torch.arange(n_users - NEW_USERS, n_users)])
+        probs = torch.softmax(2.0 * users_f[active] @ items_f[:n_items].T, 1)
+        items = torch.multinomial(probs, 10, generator=g)
+        users = active.unsqueeze(1).expand_as(items)
+        blocks.append(split_block(users.flatten(), items.flatten(), n_users, n_items, k, seed + k))
+    return blocks
+
+
+def tiny_config(**overrides) -> CCDConfig:
+    settings = dict(
+        base_epochs=6,
+        kd_epochs=4,
+        student_epochs=4,
+        teacher_epochs=2,
+        kd_uninteresting_items=50,
+        kd_uninteresting_users=50,
+    )
+    return CCDConfig.preset("stream", **(settings | overrides))
+
+
+def test_recall(learner, block: BlockData) -> float:
+    scorer = embedding_scorer(learner.student())
+    return ranking_metrics(scorer, block.test, [block.train, block.valid], (20,))["recall@20"]
+
+
+test_recall.__test__ = False  # a helper, not a test
+
+
+@pytest.fixture(scope="module")
+def stream() -> list[BlockData]:
+    return synthetic_stream()
+
+
+@pytest.fixture(scope="module")
+def ccd_run(stream):
+    learner = CCDLearner(tiny_config())
+    reports, recalls = [], []
+    for block in stream:
+        reports.append(learner.learn_block(block))
+        recalls.append(test_recall(learner, block))
+    return learner, reports, recalls
+
+
+def test_ccd_student_is_trained_and_beats_random(ccd_run, stream) -> None:
+    learner, reports, recalls = ccd_run
+    for block, recall in zip(stream, recalls, strict=True):
+        random_recall = 20 / block.n_items
+        assert recall > 2 * random_recall, (block.index, recall)
+    emb = learner.student()
+    assert emb.users.shape == (stream[-1].n_users, 16) and emb.items.shape[0] == stream[-1].n_items
+    assert set(reports[0].stage_seconds) == {"base_teachers", "distill"}
+    for report in reports[1:]:
+        assert {"student_update", "teacher_update", "distill"} <= set(report.stage_seconds)
+        assert all(seconds >= 0 for seconds in report.stage_seconds.values())
+        assert report.info["teacher_updated"] and report.info["student_replay_size"] > 0
+    # The proxies have been EMA-blended once (block 2) and cover the old ids only.
+    assert learner.proxies_blended and learner.stability is not learner.plasticity
+    assert learner.stability.n_users == stream[1].n_users
+
+
+def test_ccd_exposes_teacher_and_distilled_student(ccd_run, stream) -> None:
+    learner, _, _ = ccd_run
+    last = stream[-1]
+    teacher = learner.teacher_scorer()
+    assert (teacher.n_users, teacher.n_items) == (last.n_users, last.n_items)
+    t_recall = ranking_metrics(teacher, last.test, [last.train, last.valid], (20,))["recall@20"]
+    assert t_recall > 2 * 20 / last.n_items
+    distilled = learner.distilled_student()
+    assert distilled.users.shape[0] == last.n_users
+    assert learner.teacher_updates == N_BLOCKS - 1
+
+
+def test_teacher_every_two_skips_odd_blocks_and_checkpoints(stream) -> None:
+    learner = CCDLearner(tiny_config(teacher_every=2))
+    learner.learn_block(stream[0])
+    before = [m.state_dict()["user_table.weight"].clone() for m in learner.teachers]
+    distilled_before = learner.distilled
+    report = learner.learn_block(stream[1])
+    assert report.info["teacher_updated"] is False
+    assert "teacher_update" not in report.stage_seconds and "distill" not in report.stage_seconds
+    for member, weight in zip(learner.teachers, before, strict=True):
+        assert torch.equal(member.user_table.weight, weight)  # untouched, not even grown
+    assert learner.distilled is distilled_before and learner.teacher_updates == 0
+    assert test_recall(learner, stream[1]) > 2 * 20 / stream[1].n_items
+
+    # Checkpoint round trip through torch.save / weights_only load.
+    buffer = io.BytesIO()
+    torch.save(learner.state_dict(), buffer)
+    buffer.seek(0)
+    restored = CCDLearner()
+    restored.load_state_dict(torch.load(buffer, weights_only=True))
+    assert restored.config == learner.config
+    assert torch.equal(restored.student().users, learner.student().users)
+    assert restored.blocks_seen == 2 and len(restored.pending) == 1
+
+    report = restored.learn_block(stream[2])  # block 2: teacher update on blocks 1 + 2
+    assert report.info["teacher_updated"] is True
+    assert restored.teacher_updates == 1
+    assert restored.teachers[0].n_users == stream[2].n_users
+    assert len(restored.teacher_window.block.train) > len(stream[2].train)  # the 2-block window
+    assert test_recall(restored, stream[2]) > 2 * 20 / stream[2].n_items
+
+
+def test_distilled_baselines(stream) -> None:
+    frozen = FrozenStudentLearner(tiny_config())
+    frozen.learn_block(stream[0])
+    d0 = frozen.student()
+    report = frozen.learn_block(stream[1])
+    assert report.info["frozen"] and torch.equal(frozen.student().users, d0.users)
+    assert d0.users.shape[0] == stream[0].n_users
+
+    ft = TeacherFineTuneLearner(tiny_config())
+    ft.learn_block(stream[0])
+    report = ft.learn_block(stream[1])
+    assert report.info["teacher_updated"] and "teacher_update" in report.stage_seconds
+    assert ft.student().users.shape[0] == stream[1].n_users
+    assert test_recall(ft, stream[1]) > 2 * 20 / stream[1].n_items
+    restored = TeacherFineTuneLearner()
+    restored.load_state_dict(ft.state_dict())
+    assert torch.equal(restored.student().items, ft.student().items)
+
+
+def test_similarity_graph_bisects_the_threshold() -> None:
+    # Rows: r0 = {0, 1}, r1 = {0, 1}, r2 = {1, 2}, r3 = {3}; cos(r0, r1) = 1, cos(r0|r1, r2) = 0.5.
+    csr = user_item_lists(
+        Interactions(torch.tensor([0, 0, 1, 1, 2, 2, 3]), torch.tensor([0, 1, 0, 1, 1, 2, 3])), 4
+    )
+
+    def neighbours(graph):
+        indptr, indices = graph
+        return [sorted(indices[indptr[r] : indptr[r + 1]].tolist()) for r in range(4)]
+
+    # Target degree 1: the first threshold (0.5) keeps r0-r1 only, degree 0.5, within 0.6.
+    assert neighbours(similarity_graph(csr, 4, target_degree=1.0)) == [[1], [0], [], []]
+    # Target 1.5: 0.5 is too strict, the next threshold (0.3) keeps all three pairs.
+    assert neighbours(similarity_graph(csr, 4, target_degree=1.5)) == [[1, 2], [0, 2], [0, 1], []]
+
+
+def test_continual_loss_ui_iu_terms_against_formula() -> None:
+    """MF member, old users {0, 2}, old items {1, 3}, previous train (0,1) (2,1) (2,3)."""
+    member = build_member("mf", 3, 4, 2, seed=0)
+    prev_train = Interactions(torch.tensor([0, 2, 2]), torch.tensor([1, 1, 3]))
+    empty = user_item_lists(Interactions.empty(), 2)
+    old = OldStructure(
+        users=torch.tensor([0, 2]),
+        items=torch.tensor([1, 3]),
+        user_pos=torch.tensor([0, -1, 1]),
+        item_pos=torch.tensor([-1, 0, -1, 1]),
+        ratings=user_item_lists(Interactions(torch.tensor([0, 1, 1]), torch.tensor([0, 0, 1])), 2),
+        ratings_t=user_item_lists(
+            Interactions(torch.tensor([0, 0, 1]), torch.tensor([0, 1, 1])), 2
+        ),
+        uu=empty,
+        ii=empty,
+    )
+    window = BlockData(1, 3, 4, prev_train)
+    ctx = TeacherContext(TeacherWindow.of(window), old, None, [], None)
+    cfg = CCDConfig(piw=False, cluster_weight=0.0, lwc_weight=1.0, n_clusters=2)
+    loss_fn = ContinualLoss(member, ctx, cfg, torch.Generator().manual_seed(0))
+    loss_fn.init_centers()
+    got = loss_fn(torch.tensor([0, 1, 2]), torch.tensor([1, 2]))
+    users, items = member.user_table.weight.detach(), member.item_table.weight.detach()
+    log_p = torch.log_softmax(users[[0, 2]] @ items[[1, 3]].T / 5.0, dim=1)
+    ui = (log_p[0, 0] + log_p[1].mean()) / 2  # u0 -> item 1; u2 -> items 1, 3
+    log_q = torch.log_softmax(items[[1]] @ users[[0, 2]].T / 5.0, dim=1)
+    iu = log_q[0].mean()  # item 1 -> users 0, 2
+    assert got.item() == pytest.approx(-(ui + iu).item(), rel=1e-5)
+    got.backward()
+    assert member.user_table.weight.grad is not None
+
+
+def test_vae_teacher_members_run(stream) -> None:
+    cfg = tiny_config(teacher_kinds=("mf", "vae"), vae_item_capacity=stream[-1].n_items)
+    learner = CCDLearner(cfg)
+    learner.learn_block(stream[0])
+    report = learner.learn_block(stream[1])
+    vae_score = report.info["teacher_valid_recall@20"]["vae_1"]
+    assert report.info["teacher_updated"] and 0.0 <= vae_score <= 1.0
+    assert learner.teachers[1].n_users == stream[1].n_users
+    assert learner.teacher_scorer()(torch.arange(3)).shape == (3, stream[1].n_items)
+
+
+def test_code_quirk_settings_run(stream) -> None:
+    """Every §8 switch set to the official code's behaviour (plus the live replay reference)."""
+    cfg = tiny_config(
+        teacher_kinds=("lightgcn",),
+        kd_nan_topk_quirk=True,
+        init_fill_quirk=True,
+        lwc_position_index_quirk=True,
+        piw_per_user=False,
+        student_replay_reference="live",
+        entity_init="one_hop",
+        eval_every=1,
+    )
+    learner = CCDLearner(cfg)
+    for block in stream[:2]:
+        report = learner.learn_block(block)
+    assert report.info["teacher_updated"] and report.info["student_replay_size"] > 0
+    assert test_recall(learner, stream[1]) > 2 * 20 / stream[1].n_items

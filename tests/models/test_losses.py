@@ -1,0 +1,149 @@
+"""Each CCD loss against its formula written out directly on tiny tensors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from models.losses import (
+    ImitationWeightNet,
+    annealed_weight,
+    apply_imitation_weights,
+    bpr_loss,
+    cluster_loss,
+    contrastive_kd_term,
+    relaxed_ranking_loss,
+    replay_bce_loss,
+    retention_kl,
+)
+
+
+def sig(x: float) -> float:
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def test_bpr_sum_one_and_many_negatives() -> None:
+    pos = torch.tensor([1.0, 0.0])
+    neg = torch.tensor([0.5, 2.0])
+    expected = -(math.log(sig(0.5)) + math.log(sig(-2.0)))
+    assert bpr_loss(pos, neg).item() == pytest.approx(expected, rel=1e-6)
+    neg2 = torch.tensor([[0.5, -1.0], [2.0, 0.0]])
+    expected2 = -sum(
+        math.log(sig(p - n)) for p, row in zip([1.0, 0.0], neg2.tolist(), strict=True) for n in row
+    )
+    assert bpr_loss(pos, neg2).item() == pytest.approx(expected2, rel=1e-6)
+
+
+def test_bpr_clamp_matches_kd_quirk() -> None:
+    pos, neg = torch.tensor([20.0, -20.0]), torch.tensor([0.0, 0.0])
+    # sigmoid(20) ~ 1 -> clamped to 0.9999; sigmoid(-20) ~ 0 -> clamped to 1e-4.
+    expected = -(math.log(0.9999) + math.log(1e-4))
+    assert bpr_loss(pos, neg, clamp=(1e-4, 0.9999)).item() == pytest.approx(expected, rel=1e-5)
+
+
+def direct_rrd(inter: list[float], unint: list[float]) -> float:
+    inter = [min(s, 10.0) for s in inter]
+    unint = [min(s, 10.0) for s in unint]
+    below_u = sum(math.exp(s) for s in unint)
+    total = 0.0
+    for t in range(len(inter)):
+        total += inter[t] - math.log(sum(math.exp(s) for s in inter[t:]) + below_u)
+    return -total
+
+
+def test_relaxed_ranking_loss_against_formula_with_clamp() -> None:
+    inter = torch.tensor([[2.0, 1.0, -0.5], [12.0, 0.3, 0.1]])  # 12 is clamped to 10
+    unint = torch.tensor([[0.0, -1.0], [11.0, 1.0]])
+    got = relaxed_ranking_loss(inter, unint)
+    for row in range(2):
+        want = direct_rrd(inter[row].tolist(), unint[row].tolist())
+        assert got[row].item() == pytest.approx(want, rel=1e-5)
+
+
+def test_relaxed_ranking_loss_padding_is_ignored() -> None:
+    inter = torch.tensor([[1.0, 0.5]])
+    unint = torch.tensor([[0.2, 7.0]])
+    valid = torch.tensor([[True, False]])
+    got = relaxed_ranking_loss(inter, unint, valid)
+    assert got.item() == pytest.approx(direct_rrd([1.0, 0.5], [0.2]), rel=1e-6)
+
+
+def direct_contrastive(anchor, cands, neighbors, tau):
+    if not neighbors:
+        return 0.0
+    logits = [sum(a * c for a, c in zip(anchor, cand, strict=True)) / tau for cand in cands]
+    log_z = math.log(sum(math.exp(v) for v in logits))
+    return sum(logits[c] - log_z for c in neighbors) / len(neighbors)
+
+
+@pytest.mark.parametrize("chunk", [1, 512])
+def test_contrastive_kd_term_against_formula_and_gradient(chunk: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    anchors = torch.randn(3, 4, generator=g)
+    cands = torch.randn(5, 4, generator=g, requires_grad=True)
+    neighbors = {0: [1, 3], 1: [], 2: [4]}
+    rows = torch.tensor([r for r, cs in neighbors.items() for _ in cs])
+    cols = torch.tensor([c for cs in neighbors.values() for c in cs])
+    got = contrastive_kd_term(anchors, cands, rows, cols, tau=5.0, chunk=chunk)
+    for r in range(3):
+        want = direct_contrastive(anchors[r].tolist(), cands.tolist(), neighbors[r], 5.0)
+        assert got[r].item() == pytest.approx(want, rel=1e-5, abs=1e-7)
+    # Same gradient as the dense log-softmax form.
+    got.sum().backward()
+    grad = cands.grad.clone()
+    cands.grad = None
+    log_p = torch.log_softmax(anchors @ cands.T / 5.0, dim=1)
+    dense = log_p[0, [1, 3]].mean() + log_p[2, 4]
+    dense.backward()
+    assert torch.allclose(grad, cands.grad, atol=1e-6)
+
+
+def test_imitation_weights_mean_one_and_quirk_is_noop() -> None:
+    g = torch.Generator().manual_seed(1)
+    net = ImitationWeightNet(n_clusters=3, dim=4, generator=g)
+    z_old, z_new = torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)
+    centers = torch.randn(3, 4, generator=g)
+    w = net(z_old, z_new, centers)
+    assert w.shape == (6,)
+    assert w.mean().item() == pytest.approx(1.0, rel=1e-5)
+    # G is a softmax over clusters of z · (mu_c W_c).
+    keys = torch.stack([centers[c] @ net.transforms[c] for c in range(3)])
+    assert torch.allclose(net.assignment(z_old, centers), torch.softmax(z_old @ keys.T, 1))
+    term = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    weights = torch.tensor([2.0, 0.0, 1.0, 1.0, 1.0, 1.0])
+    assert apply_imitation_weights(term, weights).item() == pytest.approx((2 + 3 + 4 + 5 + 6) / 6)
+    assert apply_imitation_weights(term, weights, per_user=False).item() == pytest.approx(3.5)
+
+
+def test_cluster_loss_against_formula() -> None:
+    z = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0]])
+    mu = torch.tensor([[0.0, 0.1], [1.0, 1.0]], requires_grad=True)
+    v = 2.0  # n - 1
+    q = torch.zeros(3, 2)
+    for i in range(3):
+        for c in range(2):
+            q[i, c] = (1 + ((z[i] - mu[c].detach()) ** 2).sum() / v) ** (-(v + 1) / 2)
+    q = q / q.sum(1, keepdim=True)
+    p = q**2 / q.sum(0, keepdim=True)
+    p = p / p.sum(1, keepdim=True)
+    want = (p * (p.log() - q.log())).sum() / 3
+    got = cluster_loss(z, mu)
+    assert got.item() == pytest.approx(want.item(), rel=1e-4, abs=1e-7)
+    got.backward()
+    assert mu.grad is not None and mu.grad.abs().sum() > 0
+
+
+def test_replay_bce_annealing_and_retention_kl() -> None:
+    logits, labels = torch.tensor([0.0, 2.0]), torch.tensor([0.3, 1.0])
+    want = -(0.3 * math.log(0.5) + 0.7 * math.log(0.5)) - math.log(sig(2.0))
+    assert replay_bce_loss(logits, labels).item() == pytest.approx(want, rel=1e-6)
+    assert annealed_weight(0.5, 0, 10) == 0.5
+    assert annealed_weight(0.5, 5, 10) == pytest.approx(0.5 * math.exp(-0.5))
+    # User 0 has two old items, user 1 none, user 2 one.
+    present = torch.log(torch.tensor([0.2, 0.1, 0.5]))
+    before = torch.log(torch.tensor([0.25, 0.05, 0.4]))
+    got = retention_kl(present, before, torch.tensor([0, 0, 2]), 3)
+    want0 = (0.25 * math.log(0.25 / 0.2) + 0.05 * math.log(0.05 / 0.1)) / 2
+    assert got.tolist() == pytest.approx([want0, 0.0, 0.4 * math.log(0.4 / 0.5)], rel=1e-5)
