@@ -198,6 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the paper's block protocol offline (options: ccd replay --help)",
         add_help=False,
     )
+    commands.add_parser(
+        "bench",
+        help="benchmarks: serving, ingest, update, freshness, swap, all (ccd bench NAME --help)",
+        add_help=False,
+    )
     version = commands.add_parser("version", help="print the version")
     version.set_defaults(handler=cmd_version)
     return parser
@@ -207,6 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["replay"]:
         return cmd_replay(argv[1:])  # its own parser owns every option after the word
+    if argv[:1] == ["bench"]:
+        return cmd_bench(argv[1:])  # likewise
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = getattr(args, "handler", None)
@@ -282,6 +289,21 @@ def cmd_replay(argv: list[str]) -> int:
         print("ccd replay: not available yet (models/reproduce.py is missing)", file=sys.stderr)
         return 2
     return int(replay_main(argv) or 0)
+
+
+def cmd_bench(argv: list[str]) -> int:
+    """The benchmarks of ``bench/``, which live in the source checkout (not in the package)."""
+    root = Path(__file__).resolve().parent.parent
+    if (root / "bench").is_dir() and str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    try:
+        from bench.all import dispatch
+    except ModuleNotFoundError as error:
+        if error.name not in ("bench", "bench.all"):
+            raise
+        print("ccd bench: needs a source checkout (bench/ is missing)", file=sys.stderr)
+        return 2
+    return dispatch(argv)
 
 
 # --- ccd up -----------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -51,6 +51,30 @@ class Settings(BaseSettings):
     eval_k: int = Field(20, ge=1, description="K of the prequential Recall@K / NDCG@K")
     seed: int = Field(0, description="Seed of the trainer's random generators")
     torch_threads: int = Field(0, ge=0, description="torch threads in the trainer (0 = default)")
+    max_block_events: int = Field(
+        200_000,
+        ge=1,
+        description="A block closes at this many events whatever the sizes above (bounds the "
+        "memory of an open block; a larger base block is split into several)",
+    )
+    dedup_window: int = Field(
+        500_000,
+        ge=1,
+        description="Recent event keys the trainer remembers to drop re-delivered events "
+        "(about 150 bytes each)",
+    )
+    lease_ttl_s: float = Field(
+        15.0,
+        gt=0,
+        description="Writer lease of the trainer: a standby takes over this long after the "
+        "holder stops renewing it (Redis lease; the embedded file lock is released at death)",
+    )
+    publish_retry_initial_s: float = Field(
+        1.0, gt=0, description="First wait before retrying a publish to an unreachable store"
+    )
+    publish_retry_max_s: float = Field(
+        30.0, gt=0, description="Longest wait between publish retries (the wait doubles)"
+    )
 
     # --- server -------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="Address `ccd serve` binds to")
@@ -61,6 +85,11 @@ class Settings(BaseSettings):
     )
     max_events_per_request: int = Field(10_000, ge=1, description="Largest POST /events batch")
     log_level: str = Field("INFO", description="Python logging level")
+    api_key: SecretStr | None = Field(
+        None,
+        description="Key the /admin endpoints require in header X-API-Key; unset or empty = "
+        "admin endpoints disabled",
+    )
 
     @property
     def uses_kafka(self) -> bool:

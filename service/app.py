@@ -12,16 +12,22 @@ from ccd.cli import package_version
 from contracts.event_log import EventLog, open_event_log
 from contracts.model_store import ModelStore, open_model_store
 from contracts.settings import Settings
+from service.breaker import CircuitBreaker
+from service.limits import BodySizeLimitMiddleware
 from service.metrics import RequestMetricsMiddleware, ServiceMetrics
 from service.model_holder import ModelHolder
-from service.routers import events, health, items, metrics, model, recommendations
+from service.routers import admin, events, health, items, metrics, model, recommendations
 from service.seen import SeenItems, SeenTailer, source_for
 from service.state import ServiceState
 
 DESCRIPTION = """\
 Top-k recommendations from the newest student model of a streaming
 Continual Collaborative Distillation trainer. Events posted here feed that trainer.
+The `/admin` endpoints need header `X-API-Key` (the server's `CCD_API_KEY`).
 """
+
+# After a failed append, POST /events answers 503 at once for this long before trying again.
+EVENT_LOG_COOLDOWN_S = 2.0
 
 
 def create_app(
@@ -48,6 +54,8 @@ def create_app(
             seen=seen,
             tailer=SeenTailer(source_for(settings), seen, service_metrics),
             event_log=log_writer,
+            event_breaker=CircuitBreaker(EVENT_LOG_COOLDOWN_S),
+            store=model_store,
             metrics=service_metrics,
         )
         app.state.service = state
@@ -69,6 +77,9 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
     )
+    app.add_middleware(
+        BodySizeLimitMiddleware, limits={"/events": events.events_body_limit(settings)}
+    )
     app.add_middleware(RequestMetricsMiddleware, metrics=service_metrics)
     app.include_router(recommendations.build_router(settings))
     app.include_router(items.build_router(settings))
@@ -76,4 +87,5 @@ def create_app(
     app.include_router(model.build_router())
     app.include_router(health.build_router())
     app.include_router(metrics.build_router())
+    app.include_router(admin.build_router(settings))
     return app

@@ -3,7 +3,8 @@
 A background thread waits on the store's notification (``wait_for_update``), which returns at the
 latest after ``poll_s`` so polling is the fallback when a notification is lost. Whatever version
 the store's ``current`` pointer names is served (a rollback is followed too). A version that
-fails its checks is refused once, logged and counted; the last good model stays in place.
+fails its checks is refused once, logged and counted; the last good model stays in place. While
+the store is unreachable the last loaded model keeps being served and the thread keeps trying.
 """
 
 from __future__ import annotations
@@ -72,6 +73,21 @@ class ModelHolder:
         self._model = model  # the atomic swap: in-flight requests keep their old reference
         self._record_swap(model)
         return True
+
+    def rollback(self, version: int) -> ServingModel:
+        """Loads and checks a kept ``version``, points the store's ``current`` at it and serves
+        it. Raises ``KeyError`` when the store does not keep it and ``CorruptModelError`` when
+        it fails its checks; then the pointer and the served model are left as they were."""
+        with self._refresh_lock:
+            try:
+                model = ServingModel.from_snapshot(self._store.load(version))
+            except CorruptModelError:
+                self._refused.add(version)
+                raise
+            self._store.set_current(version)
+            self._model = model
+            self._record_swap(model)
+        return model
 
     def _record_swap(self, model: ServingModel) -> None:
         self._metrics.model_reloads.inc()

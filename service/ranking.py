@@ -124,9 +124,11 @@ class ServingModel:
     def _personalized(
         self, user_rows: list[int], k: int, excluded: list[list[int]]
     ) -> list[Ranked]:
-        """Exact dot-product scores over the whole catalogue, excluded items masked to -inf."""
+        """Exact scores over the whole catalogue, excluded items masked to -inf."""
         with torch.inference_mode():
-            scores = self.user_vectors[user_rows] @ self.item_matrix.T  # (B, I)
+            scores = self.score_users(user_rows)  # (B, I)
+            if len(user_rows) == 1:
+                return [self._top_of_row(scores[0].numpy(), k, excluded[0])]
             rows = [row for row, items in enumerate(excluded) for _ in items]
             if rows:
                 columns = [item for items in excluded for item in items]
@@ -146,6 +148,29 @@ class ServingModel:
                 )
             )
         return ranked
+
+    def _top_of_row(self, scores: np.ndarray, k: int, excluded: list[int]) -> Ranked:
+        """Top-``k`` of one user's scores (I,), which it overwrites: a linear-time partition,
+        then a sort of the ``k`` best (measured ~30% cheaper than ``torch.topk`` at 41k items)."""
+        if excluded:
+            scores[excluded] = -np.inf
+        depth = min(k, self.n_items - len(excluded))
+        if depth <= 0:
+            return Ranked([], [], "personalized")
+        first = self.n_items - depth
+        top = np.argpartition(scores, first)[first:]
+        top = top[np.lexsort((top, -scores[top]))]  # best first, ties by index
+        return Ranked(
+            [self.item_ids[item] for item in top.tolist()], scores[top].tolist(), "personalized"
+        )
+
+    def score_users(self, user_rows: list[int]) -> torch.Tensor:
+        """Dot-product scores of the given users over the whole catalogue, (B, I): a new tensor
+        the caller may modify. The one place a different scoring rule plugs in (the teacher
+        ensemble of ``bench.teacher``)."""
+        if len(user_rows) == 1:  # a matrix-vector product costs less than a 1-row matmul
+            return torch.mv(self.item_matrix, self.user_vectors[user_rows[0]]).unsqueeze(0)
+        return self.user_vectors[user_rows] @ self.item_matrix.T
 
     def _popular(self, k: int, excluded: list[int]) -> Ranked:
         """The ``k`` most popular items the user has not seen; the score is the popularity."""

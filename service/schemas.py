@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.events import MAX_ID_LENGTH
 
@@ -72,3 +72,20 @@ class ModelInfo(BaseModel):
 
 class ErrorMessage(BaseModel):
     detail: str
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    version: int = Field(ge=1, description="A kept version (see GET /admin/versions)")
+
+
+class RollbackResult(BaseModel):
+    version: int = Field(description="The version now current in the store and served here")
+    previous: int | None = Field(description="The version served here before the rollback")
+
+
+class VersionsInfo(BaseModel):
+    versions: list[int] = Field(description="Versions kept in the store, oldest first")
+    current: int | None = Field(description="The version the store's current pointer names")
+    served: int | None = Field(description="The version this server is serving")

@@ -1,4 +1,5 @@
-"""What the request handlers share: the model holder, the seen-items index, the event log."""
+"""What the request handlers share: the model holder and its store, the seen-items index, the
+event log behind its circuit breaker."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request
 
 from contracts.event_log import EventLog
+from contracts.model_store import ModelStore
 from contracts.settings import Settings
+from service.breaker import CircuitBreaker
 from service.metrics import ServiceMetrics
 from service.model_holder import ModelHolder
 from service.ranking import ServingModel
@@ -24,6 +27,8 @@ class ServiceState:
     seen: SeenItems
     tailer: SeenTailer
     event_log: EventLog
+    event_breaker: CircuitBreaker
+    store: ModelStore
     metrics: ServiceMetrics
 
     def require_model(self) -> ServingModel:

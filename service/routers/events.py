@@ -1,12 +1,16 @@
 """POST /events: validate interaction events and append them to the event stream.
 
-The body is parsed by hand rather than declared as a parameter so that an oversized batch gets
-its 413 before anything is validated, and each error names the failing event and field
-(``["body", 3, "item_id"]``).
+The body is parsed by hand rather than declared as a parameter so that each error names the
+failing event and field (``["body", 3, "item_id"]``); ``service.limits`` has already refused (413)
+a body larger than ``events_body_limit(settings)``. A log that cannot take the events gets a 503
+with ``Retry-After`` and nothing is acknowledged: a 202 means every event of the request was
+appended (Kafka: acks=all), anything else means the client should retry, keeping each event's
+``event_id`` so that a retry of events that did get through is recognised by the trainer.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
@@ -18,8 +22,11 @@ from starlette.concurrency import run_in_threadpool
 from contracts.event_log import EventLogUnavailable
 from contracts.events import InteractionEvent
 from contracts.settings import Settings
+from service.breaker import BreakerOpen
 from service.schemas import ErrorMessage, EventsAccepted
-from service.state import RETRY_AFTER_S, ServiceState, State
+from service.state import ServiceState, State
+
+log = logging.getLogger(__name__)
 
 # Generous bound on one event's JSON size, for refusing oversized bodies before parsing them.
 MAX_BYTES_PER_EVENT = 4096
@@ -43,18 +50,9 @@ def _invalid(loc: tuple, message: str, error_type: str) -> RequestValidationErro
     return RequestValidationError([{"type": error_type, "loc": loc, "msg": message}])
 
 
-async def _read_body(request: Request, max_bytes: int) -> bytes:
-    """The request body, refusing (413) anything larger than ``max_bytes`` without buffering it."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > max_bytes:
-        raise HTTPException(413, f"request body larger than {max_bytes} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise HTTPException(413, f"request body larger than {max_bytes} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+def events_body_limit(settings: Settings) -> int:
+    """Largest POST /events body: what ``max_events_per_request`` generous events can fill."""
+    return settings.max_events_per_request * MAX_BYTES_PER_EVENT
 
 
 def parse_events(body: bytes, max_events: int) -> list[InteractionEvent]:
@@ -95,11 +93,16 @@ def _append(state: ServiceState, body: bytes) -> int:
         state.metrics.events_rejected.labels("invalid").inc()
         raise
     try:
-        count = state.event_log.append(events)
-    except EventLogUnavailable as error:
+        count = state.event_breaker.call(lambda: state.event_log.append(events))
+    except Exception as error:
         state.metrics.events_rejected.labels("unavailable").inc(len(events))
+        if not isinstance(error, BreakerOpen | EventLogUnavailable):
+            log.exception("appending %d events failed unexpectedly", len(events))
         raise HTTPException(
-            503, f"event log unavailable: {error}", headers={"Retry-After": str(RETRY_AFTER_S)}
+            503,
+            f"event log unavailable, events not acknowledged (retry them later with the "
+            f"same event_id): {error}",
+            headers={"Retry-After": str(state.event_breaker.retry_after_s())},
         ) from None
     state.seen.add((event.user_id, event.item_id) for event in events)
     state.metrics.events_accepted.inc(count)
@@ -108,21 +111,23 @@ def _append(state: ServiceState, body: bytes) -> int:
 
 def build_router(settings: Settings) -> APIRouter:
     router = APIRouter(tags=["events"])
-    max_bytes = settings.max_events_per_request * MAX_BYTES_PER_EVENT
 
     @router.post(
         "/events",
         status_code=202,
         openapi_extra=_REQUEST_BODY,
         responses={
-            413: {"model": ErrorMessage, "description": "More events than max_events_per_request"},
+            413: {
+                "model": ErrorMessage,
+                "description": "More events than max_events_per_request, or a larger body",
+            },
             503: {"model": ErrorMessage, "description": "The event log cannot take events now"},
         },
     )
     async def post_events(request: Request, state: State) -> EventsAccepted:
         """Append one event (a JSON object) or several (a JSON array) to the event stream,
         all or none. `timestamp` defaults to the server's time."""
-        body = await _read_body(request, max_bytes)
+        body = await request.body()
         accepted = await run_in_threadpool(_append, state, body)
         return EventsAccepted(accepted=accepted)
 

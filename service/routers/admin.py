@@ -1,0 +1,114 @@
+"""Operator endpoints: the kept model versions, and rollback to one of them.
+
+Every admin request must carry header ``X-API-Key`` equal to ``settings.api_key``
+(``CCD_API_KEY``); a missing or wrong key gets 401. With no key configured the endpoints are
+disabled (403) rather than open. Keys are compared in constant time.
+"""
+
+# No `from __future__ import annotations`: the endpoint signatures use names local to
+# build_router, which FastAPI must resolve at definition time.
+
+import hmac
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, HTTPException
+from fastapi.security import APIKeyHeader
+
+from contracts.model_store import CorruptModelError
+from contracts.settings import Settings
+from service.schemas import ErrorMessage, RollbackRequest, RollbackResult, VersionsInfo
+from service.state import RETRY_AFTER_S, State
+
+log = logging.getLogger(__name__)
+
+API_KEY_HEADER = "X-API-Key"
+
+_api_key_header = APIKeyHeader(
+    name=API_KEY_HEADER,
+    auto_error=False,
+    description="Equal to the server's CCD_API_KEY",
+)
+
+
+def _configured_key(settings: Settings) -> bytes | None:
+    """The configured key's bytes; None when unset or empty (an empty key would match an empty
+    header)."""
+    key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
+    return key.encode() if key else None
+
+
+def _key_checker(settings: Settings):  # noqa: ANN202 - a FastAPI dependency
+    expected = _configured_key(settings)
+
+    def require_api_key(given: Annotated[str | None, Depends(_api_key_header)]) -> None:
+        if expected is None:
+            raise HTTPException(
+                403, "admin endpoints are disabled: no API key is configured (set CCD_API_KEY)"
+            )
+        # Header values arrive decoded as latin-1; encoding back gives the bytes that were sent.
+        if given is None or not hmac.compare_digest(given.encode("latin-1"), expected):
+            raise HTTPException(
+                401,
+                f"missing or wrong {API_KEY_HEADER} header",
+                headers={"WWW-Authenticate": API_KEY_HEADER},
+            )
+
+    return require_api_key
+
+
+def _store_unavailable(error: Exception) -> HTTPException:
+    log.warning("model store unavailable for an admin request: %s", error)
+    return HTTPException(
+        503, f"model store unavailable: {error}", headers={"Retry-After": str(RETRY_AFTER_S)}
+    )
+
+
+def build_router(settings: Settings) -> APIRouter:
+    router = APIRouter(
+        prefix="/admin",
+        tags=["admin"],
+        dependencies=[Depends(_key_checker(settings))],
+        responses={
+            401: {"model": ErrorMessage, "description": "Missing or wrong X-API-Key"},
+            403: {"model": ErrorMessage, "description": "Admin disabled: no key configured"},
+            503: {"model": ErrorMessage, "description": "The model store is unreachable"},
+        },
+    )
+
+    @router.get("/versions")
+    def versions(state: State) -> VersionsInfo:
+        """The versions the store keeps, the one its pointer names and the one served here."""
+        try:
+            kept, current = state.store.versions(), state.store.current_version()
+        except Exception as error:
+            raise _store_unavailable(error) from None
+        served = state.holder.model
+        return VersionsInfo(
+            versions=kept, current=current, served=served.version if served else None
+        )
+
+    @router.post(
+        "/rollback",
+        responses={
+            404: {"model": ErrorMessage, "description": "The store does not keep this version"},
+            409: {"model": ErrorMessage, "description": "The version fails its checks"},
+        },
+    )
+    def rollback(state: State, request: RollbackRequest) -> RollbackResult:
+        """Point the store's current version at a kept one and serve it here at once (other
+        servers follow the store's notification). The trainer's next publication supersedes
+        it, as any new version does."""
+        served = state.holder.model
+        try:
+            model = state.holder.rollback(request.version)
+        except KeyError:
+            raise HTTPException(404, f"version {request.version} is not kept") from None
+        except CorruptModelError as error:
+            raise HTTPException(409, f"version {request.version} refused: {error}") from None
+        except Exception as error:
+            raise _store_unavailable(error) from None
+        log.warning("rolled back to model version %d by an admin request", model.version)
+        return RollbackResult(version=model.version, previous=served.version if served else None)
+
+    return router
