@@ -41,7 +41,8 @@ class ServiceState:
         return model
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
+    # async: a plain-function dependency would cost every request a thread-pool handoff.
     return request.app.state.service
 
 
