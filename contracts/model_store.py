@@ -36,6 +36,19 @@ class CorruptModelError(ValueError):
     """A stored version failed its checksum or shape check; it must not be served."""
 
 
+class StaleWriterError(RuntimeError):
+    """A fenced publish was refused: the writer lease it names is held by someone else (or by
+    nobody) now, so this writer may be a zombie that lost its lease while paused or cut off."""
+
+
+@dataclass(frozen=True)
+class Fence:
+    """Publish only while the key ``key`` holds ``token`` (the trainer's writer lease)."""
+
+    key: str
+    token: str
+
+
 @dataclass
 class ModelSnapshot:
     """One deployable student version.
@@ -121,11 +134,16 @@ def decode_snapshot(blob: bytes, meta: dict[str, Any]) -> ModelSnapshot:
 class ModelStore(Protocol):
     """Versioned store of students with an atomic ``current`` pointer."""
 
-    def publish(self, snapshot: ModelSnapshot) -> int:
+    def publish(self, snapshot: ModelSnapshot, fence: Fence | None = None) -> int:
         """Write a new version completely, then point ``current`` at it and notify; returns
-        the version number (strictly increasing). Prunes beyond ``keep_versions``."""
+        the version number (strictly increasing). Prunes beyond ``keep_versions``. With a
+        ``fence``, the pointer flips only while the fence's lease is still held (checked in
+        the same atomic step), else ``StaleWriterError``."""
 
     def current_version(self) -> int | None: ...
+
+    def load_meta(self, version: int) -> dict[str, Any]:
+        """The metadata of a kept version without its weights (``KeyError`` if absent)."""
 
     def load(self, version: int | None = None) -> ModelSnapshot:
         """The given (default: current) version; raises ``CorruptModelError`` if it fails its
@@ -203,7 +221,9 @@ class FileModelStore:
         except FileNotFoundError:
             return None
 
-    def publish(self, snapshot: ModelSnapshot) -> int:
+    def publish(self, snapshot: ModelSnapshot, fence: Fence | None = None) -> int:
+        """``fence`` is not checked here: the embedded writer lease is a ``flock`` that the
+        kernel drops when its holder dies, so a writer that lost it is no longer running."""
         with self._lock_file():
             self._remove_leftovers()
             version = max(self.versions(), default=0) + 1
@@ -239,6 +259,16 @@ class FileModelStore:
             return int((self.root / _POINTER).read_text().strip())
         except FileNotFoundError:
             return None
+
+    def load_meta(self, version: int) -> dict[str, Any]:
+        try:
+            meta_bytes = (self._version_dir(version) / _META).read_bytes()
+        except FileNotFoundError as error:
+            raise KeyError(f"model version {version} does not exist") from error
+        try:
+            return json.loads(meta_bytes)
+        except ValueError as error:
+            raise CorruptModelError(f"version {version}: unreadable metadata") from error
 
     def load(self, version: int | None = None) -> ModelSnapshot:
         if version is None:
@@ -312,6 +342,24 @@ _REDIS_CHUNKS_PER_PIPELINE = 8
 # Chunks expire unless the publish completes (which makes them permanent), so a publish that
 # dies half-way leaves no garbage behind.
 _REDIS_STAGING_TTL_S = 3600
+# The flip, atomic and (with a fence) conditional on the writer lease; a refused publish deletes
+# its chunks. KEYS: meta, versions, current, chunk 0 .. n-1, then the fence's key when fenced.
+# ARGV: fence token ('' = unfenced), meta JSON, version.
+_REDIS_FLIP = """
+local n_chunks = #KEYS - 3
+if ARGV[1] ~= '' then
+    n_chunks = n_chunks - 1
+    if redis.call('GET', KEYS[#KEYS]) ~= ARGV[1] then
+        for i = 4, 3 + n_chunks do redis.call('DEL', KEYS[i]) end
+        return 0
+    end
+end
+for i = 4, 3 + n_chunks do redis.call('PERSIST', KEYS[i]) end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('ZADD', KEYS[2], ARGV[3], ARGV[3])
+redis.call('SET', KEYS[3], ARGV[3])
+return 1
+"""
 
 
 class RedisModelStore:
@@ -332,7 +380,7 @@ class RedisModelStore:
     def _key(self, *parts: object) -> str:
         return ":".join([self.prefix, *map(str, parts)])
 
-    def publish(self, snapshot: ModelSnapshot) -> int:
+    def publish(self, snapshot: ModelSnapshot, fence: Fence | None = None) -> int:
         version = int(self._redis.incr(self._key("next_version")))
         snapshot.meta["version"] = version
         blob, meta = encode_snapshot(snapshot)
@@ -344,13 +392,14 @@ class RedisModelStore:
                 pipe.set(self._key("model", version, "chunk", index), part, ex=_REDIS_STAGING_TTL_S)
             pipe.execute()
         meta["chunks"] = n_chunks
-        pipe = self._redis.pipeline(transaction=True)
-        for index in range(n_chunks):
-            pipe.persist(self._key("model", version, "chunk", index))
-        pipe.set(self._key("model", version, "meta"), json.dumps(meta))
-        pipe.zadd(self._key("versions"), {str(version): version})
-        pipe.set(self._key("current"), version)  # the flip, after every part is stored
-        pipe.execute()
+        keys = [self._key("model", version, "meta"), self._key("versions"), self._key("current")]
+        keys += [self._key("model", version, "chunk", index) for index in range(n_chunks)]
+        if fence is not None:
+            keys.append(fence.key)
+        token = "" if fence is None else fence.token
+        # The flip, after every part is stored.
+        if not self._redis.eval(_REDIS_FLIP, len(keys), *keys, token, json.dumps(meta), version):
+            raise StaleWriterError(f"version {version} refused: {fence} is not held any more")
         self._notify("publish", version)
         self._prune(version)
         return version
@@ -381,19 +430,26 @@ class RedisModelStore:
         except redis.RedisError:
             return None
 
-    def load(self, version: int | None = None) -> ModelSnapshot:
-        if version is None:
-            version = self.current_version()
-            if version is None:
-                raise KeyError("no model version has been published yet")
+    def _raw_meta(self, version: int) -> tuple[dict[str, Any], int]:
+        """The stored metadata of ``version`` and its chunk count."""
         raw_meta = self._redis.get(self._key("model", version, "meta"))
         if raw_meta is None:
             raise KeyError(f"model version {version} does not exist")
         try:
             meta = json.loads(raw_meta)
-            n_chunks = int(meta["chunks"])
-        except (ValueError, KeyError, TypeError) as error:
+            return meta, int(meta.pop("chunks"))
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
             raise CorruptModelError(f"version {version}: unreadable metadata") from error
+
+    def load_meta(self, version: int) -> dict[str, Any]:
+        return self._raw_meta(version)[0]
+
+    def load(self, version: int | None = None) -> ModelSnapshot:
+        if version is None:
+            version = self.current_version()
+            if version is None:
+                raise KeyError("no model version has been published yet")
+        meta, n_chunks = self._raw_meta(version)
         parts: list[bytes] = []
         for first in range(0, n_chunks, _REDIS_CHUNKS_PER_PIPELINE):
             keys = [
@@ -404,7 +460,6 @@ class RedisModelStore:
             if any(value is None for value in values):
                 raise CorruptModelError(f"version {version}: a chunk is missing")
             parts.extend(values)
-        meta.pop("chunks")
         return decode_snapshot(b"".join(parts), meta)
 
     def versions(self) -> list[int]:

@@ -18,12 +18,14 @@ from contracts.settings import Settings
 class BlockPolicy:
     """When a block closes: block 0 after ``base_block_size`` events; later blocks after
     ``block_size`` events or ``interval_s`` seconds since their first event, whichever comes
-    first, a time-closed block needing at least ``min_block_size`` events."""
+    first, a time-closed block needing at least ``min_block_size`` events. No block holds more
+    than ``max_events`` (a larger base block is split into several blocks)."""
 
     base_block_size: int
     block_size: int
     interval_s: float
     min_block_size: int
+    max_events: int = 1 << 62
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BlockPolicy:
@@ -32,6 +34,7 @@ class BlockPolicy:
             block_size=settings.block_size,
             interval_s=settings.block_interval_s,
             min_block_size=settings.min_block_size,
+            max_events=settings.max_block_events,
         )
 
 
@@ -51,34 +54,61 @@ class OpenBlock:
     last_timestamp: float = float("-inf")
     records: list[LogRecord] = field(default_factory=list)
     opened_at: float | None = None  # clock time of the first event
+    key_digest: int = 0  # sum of the events' dedup hashes modulo 2**64 (order-free audit)
 
     def add_record(self, record: LogRecord) -> None:
         """Count ``record``'s position as part of this block (to commit with it)."""
         self.records.append(record)
 
-    def add_event(self, user: int, item: int, timestamp: float) -> None:
+    def add_event(self, user: int, item: int, timestamp: float, key_hash: int = 0) -> None:
+        """Add one event; ``key_hash`` is its ``dedup_hash`` (summed into ``key_digest``)."""
         if self.opened_at is None:
             self.opened_at = self.clock()
         self.users.append(user)
         self.items.append(item)
         self.first_timestamp = min(self.first_timestamp, timestamp)
         self.last_timestamp = max(self.last_timestamp, timestamp)
+        self.key_digest = (self.key_digest + key_hash) % DIGEST_MODULUS
 
     def __len__(self) -> int:
         return len(self.users)
 
+    def size_limit(self) -> int:
+        """The event count at which this block closes whatever the clock says."""
+        return min(self._configured_size(), self.policy.max_events)
+
+    def _configured_size(self) -> int:
+        return self.policy.base_block_size if self.index == 0 else self.policy.block_size
+
+    def capped(self) -> bool:
+        """True if ``max_events`` closed this block before its configured size: the events
+        after it go to the next block (the block is split, not refused)."""
+        cap = self.policy.max_events
+        return cap < self._configured_size() and len(self) >= cap
+
     def should_close(self) -> bool:
-        if self.index == 0:
-            return len(self) >= self.policy.base_block_size
-        if len(self) >= self.policy.block_size:
+        if len(self) >= self.size_limit():
             return True
+        if self.index == 0:
+            return False
         return len(self) >= self.policy.min_block_size and self.seconds_left() <= 0
+
+    def log_range(self) -> dict[str, list[int]]:
+        """Per partition (as a string, for JSON), the first and last log offset read."""
+        spans: dict[str, list[int]] = {}
+        for record in self.records:
+            span = spans.setdefault(str(record.partition), [record.offset, record.offset])
+            span[0], span[1] = min(span[0], record.offset), max(span[1], record.offset)
+        return spans
 
     def seconds_left(self) -> float:
         """Until the interval runs out (inf while the block has no event)."""
         if self.opened_at is None or self.index == 0:
             return float("inf")
         return self.opened_at + self.policy.interval_s - self.clock()
+
+
+DIGEST_MODULUS = 1 << 64
 
 
 def dedup_hash(key: str) -> int:

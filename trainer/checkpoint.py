@@ -1,7 +1,10 @@
 """Trainer checkpoints: everything needed to resume after the last published block.
 
-One file per block (``block-000003.pt``), written through a temporary file, fsynced and renamed
-into place, so a crash leaves either the old or the new checkpoint, never half of one.
+One file per block (``block-000003.pt``, or ``block-000003.e7.pt`` when written under writer
+lease epoch 7), written through a temporary file, fsynced and renamed into place, so a crash
+leaves either the old or the new checkpoint, never half of one. The newest is the one with the
+highest (block, epoch): a trainer that lost its lease while paused and wrote one last checkpoint
+late cannot hide the new holder's checkpoint of the same block.
 """
 
 from __future__ import annotations
@@ -18,20 +21,21 @@ import torch
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
-_NAME = re.compile(r"block-(\d+)\.pt")
+_NAME = re.compile(r"block-(\d+)(?:\.e(\d+))?\.pt")
 
 
-def checkpoint_path(directory: Path, block_index: int) -> Path:
-    return directory / f"block-{block_index:06d}.pt"
+def checkpoint_path(directory: Path, block_index: int, epoch: int = 0) -> Path:
+    suffix = f".e{epoch}" if epoch else ""
+    return directory / f"block-{block_index:06d}{suffix}.pt"
 
 
 def save_checkpoint(
-    directory: Path, block_index: int, state: dict[str, Any], keep: int = 2
+    directory: Path, block_index: int, state: dict[str, Any], keep: int = 2, epoch: int = 0
 ) -> Path:
-    """Atomically write ``state`` as the checkpoint after block ``block_index``; keeps the newest
-    ``keep`` checkpoints."""
+    """Atomically write ``state`` as the checkpoint after block ``block_index`` (by the writer
+    of lease epoch ``epoch``); keeps the newest ``keep`` checkpoints."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = checkpoint_path(directory, block_index)
+    path = checkpoint_path(directory, block_index, epoch)
     temporary = directory / f".{path.name}.{uuid.uuid4().hex}.tmp"
     with open(temporary, "wb") as file:
         torch.save({"format": CHECKPOINT_FORMAT, **state}, file)
@@ -49,11 +53,17 @@ def save_checkpoint(
 
 
 def checkpoint_files(directory: Path) -> list[Path]:
-    """Checkpoint files, oldest block first."""
+    """Checkpoint files, oldest first: by block, then by lease epoch."""
     if not directory.exists():
         return []
     found = [p for p in directory.iterdir() if _NAME.fullmatch(p.name)]
-    return sorted(found, key=lambda p: int(_NAME.fullmatch(p.name).group(1)))
+    return sorted(found, key=_block_and_epoch)
+
+
+def _block_and_epoch(path: Path) -> tuple[int, int]:
+    match = _NAME.fullmatch(path.name)
+    assert match is not None
+    return int(match.group(1)), int(match.group(2) or 0)
 
 
 def load_latest_checkpoint(directory: Path) -> dict[str, Any] | None:

@@ -4,12 +4,19 @@ For every closed block, in this order:
 1. split it (``models.data.split_block``, no test part: the stream itself is the test),
 2. evaluate the deployed student on it prequentially (before it has seen the block),
 3. ``learner.learn_block(block)``,
-4. publish the student to the model store,
-5. checkpoint the trainer (learner, id maps, seen pairs, dedup window, log positions),
+4. checkpoint the trainer (learner, id maps, seen pairs, dedup window, log positions, and the
+   block's publish as *pending*, under a fresh ``publish_id``),
+5. publish the student to the model store (its metadata carries the ``publish_id``),
 6. commit the block's log positions.
-A crash anywhere re-reads the uncommitted events on restart; those already in the checkpoint
-(crash between 5 and 6) are recognised by their positions and skipped, re-delivered copies of
-applied events by their ``dedup_key()``.
+A crash before 4 re-reads the uncommitted events on restart and learns the block again from the
+previous checkpoint. After 4 the block is never learned again: its positions are in the
+checkpoint, so re-read records are skipped by position, and on restart the pending publish is
+looked up in the store by its ``publish_id`` and published only if it is not there (crash
+between 4 and 5). Re-delivered copies of applied events are dropped by their ``dedup_key()``.
+The checkpoint comes first because a model that is published but not checkpointed could only be
+re-learned (applying the block twice to the state that follows); a checkpoint not yet published
+is just a publish to finish. Only the holder of the writer lease (``trainer.lease``) runs this;
+the publish is fenced by it. Guarantees and their tests: /work/notes/guarantees.md.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,21 +35,21 @@ from pydantic import ValidationError
 
 from contracts.event_log import EventConsumer, LogRecord, next_offsets, open_consumer
 from contracts.events import InteractionEvent
-from contracts.model_store import ModelSnapshot, ModelStore, open_model_store
+from contracts.model_store import ModelSnapshot, ModelStore, StaleWriterError, open_model_store
 from contracts.settings import Settings
 from models.api import BlockData, BlockLearner, Embeddings, Interactions
 from models.data import split_block
 from models.metrics import embedding_scorer, ranking_metrics
 from trainer.blocks import BlockPolicy, DedupWindow, OpenBlock, dedup_hash
 from trainer.checkpoint import load_latest_checkpoint, save_checkpoint
+from trainer.faults import CrashPlan
 from trainer.ids import IdMap
+from trainer.lease import LeaseLost, WriterLease, open_lease
 
 log = logging.getLogger(__name__)
 
 POLL_RECORDS = 1_000
 POLL_TIMEOUT_S = 1.0  # upper bound on how long a stop request waits
-DEDUP_CAPACITY = 500_000  # recent event keys remembered (8 bytes of hash each, plus set overhead)
-PUBLISH_RETRY_MAX_S = 30.0
 # The bpr learner's settings for streaming blocks: a higher rate and smaller batches than the
 # baseline's defaults, so that blocks of a few thousand events train in a few dozen steps.
 STREAM_BPR = {"lr": 0.01, "batch_size": 256}
@@ -56,6 +65,7 @@ class TrainerStats:
     duplicates: int = 0
     skipped_applied: int = 0  # re-read after a crash, already in the checkpoint
     blocks: int = 0
+    recovered_publishes: int = 0  # checkpointed before a crash, published after the restart
     last_version: int | None = None
     last_publish_time: float | None = None
     last_block_seconds: float | None = None
@@ -83,36 +93,53 @@ def build_learner(settings: Settings) -> tuple[BlockLearner, str]:
 def run_trainer(
     settings: Settings, stop: threading.Event | None = None, max_blocks: int | None = None
 ) -> None:
-    """Run the trainer until ``stop`` is set or ``max_blocks`` blocks were published. While the
-    event log or the model store cannot be reached at start, it retries."""
+    """Run the trainer until ``stop`` is set or ``max_blocks`` blocks were published. It first
+    waits for the writer lease (another trainer may hold it), then resumes from the checkpoint;
+    if it loses the lease it stands by again. While the event log or the model store cannot be
+    reached at start, it retries."""
     stop = stop or threading.Event()
-    trainer = _start_trainer(settings, stop)
-    if trainer is None:
-        return
+    lease = open_lease(settings)
     try:
-        trainer.run(stop, max_blocks)
+        while not stop.is_set():
+            if not lease.acquire(stop):
+                return
+            try:
+                trainer = _start_trainer(settings, stop, lease)
+                if trainer is None:
+                    return
+                try:
+                    trainer.run(stop, max_blocks)
+                    return
+                finally:
+                    trainer.close()
+            except LeaseLost as error:
+                log.error("%s: standing by to take the lease again", error)
+            finally:
+                lease.release()
     finally:
-        trainer.close()
+        lease.close()
 
 
-def _start_trainer(settings: Settings, stop: threading.Event) -> Trainer | None:
+def _start_trainer(settings: Settings, stop: threading.Event, lease: WriterLease) -> Trainer | None:
     """A trainer, once Kafka/Redis answer; None if stopped while waiting for them."""
     import kafka.errors
     import redis
 
-    delay = 1.0
+    delay = settings.publish_retry_initial_s
     while True:
+        lease.check()
         try:
-            return Trainer(settings)
+            return Trainer(settings, lease=lease)
         except (kafka.errors.KafkaError, redis.RedisError, OSError) as error:
             log.error("cannot start the trainer (%s); retrying in %.0f s", error, delay)
         if stop.wait(delay):
             return None
-        delay = min(2 * delay, PUBLISH_RETRY_MAX_S)
+        delay = min(2 * delay, settings.publish_retry_max_s)
 
 
 class Trainer:
-    """One trainer over the configured (or given) consumer, store and learner."""
+    """One trainer over the configured (or given) consumer, store and learner. ``lease``: the
+    writer lease its owner holds (``run_trainer`` takes it); None = unguarded (tests)."""
 
     def __init__(
         self,
@@ -121,8 +148,11 @@ class Trainer:
         store: ModelStore | None = None,
         learner: BlockLearner | None = None,
         learner_name: str | None = None,
+        lease: WriterLease | None = None,
     ) -> None:
         self.settings = settings
+        self.lease = lease
+        self.crash = CrashPlan.from_env()
         if settings.torch_threads > 0:
             torch.set_num_threads(settings.torch_threads)
         torch.manual_seed(settings.seed)
@@ -138,9 +168,10 @@ class Trainer:
         self.items = IdMap()
         self.item_counts = np.zeros(0, dtype=np.int64)
         self.seen = np.zeros(0, dtype=np.int64)  # sorted pair keys of closed blocks
-        self.dedup = DedupWindow(DEDUP_CAPACITY)
+        self.dedup = DedupWindow(settings.dedup_window)
         self.applied_offsets: dict[int, int] = {}  # per partition: next offset not in a block
         self.deployed: Embeddings | None = None
+        self.pending: dict[str, Any] | None = None  # meta of a checkpointed, unpublished block
         self.block = self._open_block(0)
         try:
             self._restore()
@@ -170,20 +201,24 @@ class Trainer:
         self.items = IdMap(state["item_ids"])
         self.item_counts = state["item_counts"].numpy()
         self.seen = state["seen"].numpy()
-        self.dedup = DedupWindow(DEDUP_CAPACITY, state["dedup"].tolist())
+        self.dedup = DedupWindow(self.settings.dedup_window, state["dedup"].tolist())
         self.applied_offsets = {int(p): int(o) for p, o in state["offsets"].items()}
         counters = state["stats"]
         self.stats.blocks = int(counters["blocks"])
         self.stats.last_version = counters["last_version"]
+        self.pending = state.get("pending")
+        if self.pending is not None:
+            self._settle_pending()
         self.deployed = self.learner.student()
         self.block = self._open_block(int(state["next_block"]))
         log.info(
-            "resumed before block %d: %d users, %d items, model version %s, log positions %s",
+            "resumed before block %d: %d users, %d items, model version %s, log positions %s%s",
             self.block.index,
             len(self.users),
             len(self.items),
             self.stats.last_version,
             self.applied_offsets,
+            "; the last block's publish is pending" if self.pending else "",
         )
 
     def _checkpoint(self) -> None:
@@ -198,8 +233,10 @@ class Trainer:
             "dedup": torch.from_numpy(self.dedup.to_array()),
             "offsets": dict(self.applied_offsets),
             "stats": {"blocks": self.stats.blocks, "last_version": self.stats.last_version},
+            "pending": self.pending,
         }
-        save_checkpoint(self.settings.checkpoint_dir, self.block.index, state)
+        epoch = 0 if self.lease is None else self.lease.epoch
+        save_checkpoint(self.settings.checkpoint_dir, self.block.index, state, epoch=epoch)
 
     # --- main loop ----------------------------------------------------------------------------
 
@@ -207,7 +244,11 @@ class Trainer:
         stop = stop or threading.Event()
         done = 0
         log.info("trainer started (learner %s)", self.learner_name)
+        if not self._finish_pending_publish(stop):
+            return
         while not stop.is_set() and (max_blocks is None or done < max_blocks):
+            if self.lease is not None:
+                self.lease.check()
             left = self.block.seconds_left()  # <= 0: due, but waits for min_block_size events
             timeout = min(POLL_TIMEOUT_S, left) if left > 0 else POLL_TIMEOUT_S
             records = self.consumer.poll(POLL_RECORDS, timeout)
@@ -233,12 +274,15 @@ class Trainer:
         except (ValueError, ValidationError) as error:
             self._reject(record, error)
             return
-        if not self.dedup.add(dedup_hash(event.dedup_key())):
+        key = dedup_hash(event.dedup_key())
+        if not self.dedup.add(key):
             self.stats.duplicates += 1
             return
         user, item = self.users.add(event.user_id), self.items.add(event.item_id)
-        self.block.add_event(user, item, event.timestamp)
+        self.block.add_event(user, item, event.timestamp, key)
         self.stats.events_consumed += 1
+        if len(self.block) == max(1, self.block.size_limit() // 2):
+            self.crash.hit("filling", self.block.index)
 
     def _reject(self, record: LogRecord, error: Exception) -> None:
         self.stats.malformed += 1
@@ -266,6 +310,14 @@ class Trainer:
         """Process the open block; returns 1 if it was published, 0 if stopped before."""
         block, started = self.block, time.perf_counter()
         seconds: dict[str, float] = {}
+        if block.capped():
+            log.warning(
+                "block %d closed at max_block_events=%d, below its configured size: the rest "
+                "of it goes to block %d",
+                block.index,
+                self.policy.max_events,
+                block.index + 1,
+            )
         users = np.asarray(block.users, dtype=np.int64)
         items = np.asarray(block.items, dtype=np.int64)
         pairs = np.unique(pair_keys(users, items))  # repeats within a block count once
@@ -283,37 +335,86 @@ class Trainer:
         seconds["evaluate"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
-        report = self.learner.learn_block(data)
+        with self.crash.during("training", block.index):
+            report = self.learner.learn_block(data)
         seconds["learn"] = time.perf_counter() - tick
         seconds.update({f"learn.{k}": v for k, v in report.stage_seconds.items()})
+        if not self._await_lease(stop):
+            return 0  # nothing durable happened: the block is read and learned again
 
+        # From here on the block is part of the state, made durable before anyone sees it.
         self.item_counts = np.concatenate(
             [self.item_counts, np.zeros(len(self.items) - len(self.item_counts), np.int64)]
         )
         np.add.at(self.item_counts, items, 1)
-        student = self.learner.student()
-        meta = self._block_meta(block, data, metrics, seconds)
-        tick = time.perf_counter()
-        version = self._publish(student, meta, stop)
-        if version is None:
-            return 0
-        seconds["publish"] = time.perf_counter() - tick
-
-        self.deployed = student
         self.seen = np.union1d(self.seen, pairs)
         for partition, offset in next_offsets(block.records).items():
             self.applied_offsets[partition] = max(self.applied_offsets.get(partition, 0), offset)
         self.stats.blocks += 1
-        self.stats.last_version = version
+        self.pending = meta = self._block_meta(block, data, metrics, seconds)
         tick = time.perf_counter()
         self._checkpoint()
         seconds["checkpoint"] = time.perf_counter() - tick
+        self.crash.hit("checkpointed", block.index)
+
+        tick = time.perf_counter()
+        version = self._publish_pending(stop)
+        if version is None:
+            return 0  # stopped while the store was down: the next start publishes it
+        seconds["publish"] = time.perf_counter() - tick
+        self.crash.hit("published", block.index)
         self._commit(block.records)
+        self.crash.hit("committed", block.index)
         self.stats.last_block_seconds = time.perf_counter() - started
         self.stats.last_metrics = metrics
         self._log_block(meta, seconds, version)
         self.block = self._open_block(block.index + 1)
         return 1
+
+    def _await_lease(self, stop: threading.Event) -> bool:
+        """Before a durable write: True once the writer lease is surely held (raises
+        ``LeaseLost``), False if stopped while in doubt."""
+        return self.lease is None or self.lease.wait_trusted(stop)
+
+    def _settle_pending(self) -> None:
+        """After a restart: if the checkpointed block's publish reached the store (found by its
+        ``publish_id``), take its version; else it stays pending for ``run`` to publish."""
+        assert self.pending is not None
+        version = self._find_published(self.pending["publish_id"])
+        if version is not None:
+            log.info(
+                "block %d was published as version %d before the restart",
+                self.pending["block_index"],
+                version,
+            )
+            self.stats.last_version = version
+            self.pending = None
+
+    def _finish_pending_publish(self, stop: threading.Event) -> bool:
+        """Publish the checkpointed block the store did not get before a crash; False if
+        stopped first."""
+        if self.pending is None:
+            return True
+        log.warning(
+            "block %d was checkpointed but not published: publishing it",
+            self.pending["block_index"],
+        )
+        version = self._publish_pending(stop)
+        if version is None:
+            return False
+        # Its log positions are committed with the next block's (a Kafka consumer cannot commit
+        # before its first poll has joined the group); until then re-reads are skipped by them.
+        self.stats.recovered_publishes += 1
+        return True
+
+    def _find_published(self, publish_id: str) -> int | None:
+        """The version carrying ``publish_id``, among those newer than the last known one."""
+        for version in reversed(self.store.versions()):
+            if version <= (self.stats.last_version or 0):
+                break
+            if self.store.load_meta(version).get("publish_id") == publish_id:
+                return version
+        return None
 
     def _prequential(self, pairs: np.ndarray) -> dict[str, float]:
         """Recall/NDCG@eval_k of the deployed student on this block's pairs, full ranking,
@@ -342,15 +443,22 @@ class Trainer:
         metrics: dict[str, float],
         seconds: dict[str, float],
     ) -> dict[str, Any]:
-        """Metadata published with the version (the store adds version, checksum and sizes)."""
+        """Metadata published with the version (the store adds version, checksum and sizes).
+        ``events`` and ``event_digest`` (sum of the events' ``dedup_hash`` modulo 2**64, hex)
+        let an auditor check which events a block holds; ``log_range`` is the first and last
+        log position it spans per partition; ``publish_id`` identifies this publish (``writer``
+        and ``lease_epoch``, added at publish time, name the trainer that published it)."""
         return {
             "block_index": block.index,
+            "publish_id": uuid.uuid4().hex,
             "trained_at": time.time(),
             "data_range": {
                 "first_timestamp": block.first_timestamp,
                 "last_timestamp": block.last_timestamp,
             },
             "events": len(block),
+            "event_digest": f"{block.key_digest:016x}",
+            "log_range": block.log_range(),
             "n_users": data.n_users,
             "n_items": data.n_items,
             "new_users": data.n_users - block.known_users,
@@ -362,31 +470,56 @@ class Trainer:
             "learner": self.learner_name,
         }
 
-    def _publish(
-        self, student: Embeddings, meta: dict[str, Any], stop: threading.Event
-    ) -> int | None:
-        """Publish with retries (the store may be briefly down); None if stopped meanwhile."""
+    def _publish_pending(self, stop: threading.Event) -> int | None:
+        """Publish the checkpointed state's student with ``self.pending`` as metadata, retrying
+        while the store is down and the lease in doubt; None if stopped meanwhile."""
+        assert self.pending is not None
+        student = self.learner.student()
         snapshot = ModelSnapshot(
             user_ids=self.users.ids,
             item_ids=self.items.ids,
             user_embeddings=student.users.detach().cpu().numpy().astype(np.float32),
             item_embeddings=student.items.detach().cpu().numpy().astype(np.float32),
             item_popularity=self.item_counts.astype(np.float32),
-            meta=meta,
+            meta={
+                **self.pending,
+                "writer": None if self.lease is None else self.lease.holder,
+                "lease_epoch": None if self.lease is None else self.lease.epoch,
+            },
         )
-        delay = 1.0
-        while True:
+        fence = None if self.lease is None else self.lease.fence
+
+        def publish() -> int | None:
+            if not self._await_lease(stop):
+                return None
             try:
-                version = self.store.publish(snapshot)
-                self.stats.last_publish_time = time.time()
-                return version
+                return self.store.publish(snapshot, fence)
+            except StaleWriterError as error:
+                raise LeaseLost(str(error)) from error
+
+        version = self._retry_store(publish, stop)
+        if version is not None:
+            self.stats.last_publish_time = time.time()
+            self.stats.last_version = version
+            self.deployed = student
+            self.pending = None
+        return version
+
+    def _retry_store(self, action: Callable[[], int | None], stop: threading.Event) -> int | None:
+        """``action()``, retried with a doubling wait while the store is unreachable; None if
+        stopped meanwhile."""
+        delay = self.settings.publish_retry_initial_s
+        while not stop.is_set():
+            try:
+                return action()
             except Exception as error:
                 if not _is_store_outage(error):
                     raise
-                log.error("model store unavailable (%s); retrying in %.0f s", error, delay)
+                log.error("model store unavailable (%s); retrying in %.1f s", error, delay)
             if stop.wait(delay):
-                return None
-            delay = min(2 * delay, PUBLISH_RETRY_MAX_S)
+                break
+            delay = min(2 * delay, self.settings.publish_retry_max_s)
+        return None
 
     def _commit(self, records: list[LogRecord]) -> None:
         try:
