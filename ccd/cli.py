@@ -66,6 +66,8 @@ def configure_logging(level: str) -> None:
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s",
     )
+    # kafka-python logs every connection step at INFO: hundreds of lines that bury our own.
+    logging.getLogger("kafka").setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 # --- argument parsing -------------------------------------------------------------------------

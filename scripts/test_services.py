@@ -305,9 +305,10 @@ def start_kafka(work_dir: Path) -> tuple[Service, str]:
     log4j.write_text(log4j_config(kafka_dir / "server.log"))
     base = [java, *KAFKA_JVM_OPTS, f"-Dlog4j2.configurationFile={log4j}", "-cp", f"{libs}/*"]
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    # "--cluster-id=...": a random id may start with "-", which a separate argument would not pass
     run_checked(
-        [*base, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties),
-         "--standalone"],
+        [*base, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}",
+         "-c", str(properties), "--standalone"],
         "kafka-storage format",
     )  # fmt: skip
     cmd = [*base, "kafka.Kafka", str(properties)]
