@@ -71,5 +71,5 @@ class InteractionEvent(BaseModel):
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> InteractionEvent:
-        """Parse one wire message; raises ``ValueError`` (incl. ``ValidationError``) if malformed."""
+        """Parse one wire message; raises ``ValueError`` (a ``ValidationError`` too) if bad."""
         return cls.model_validate(orjson.loads(raw))

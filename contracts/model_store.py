@@ -18,6 +18,7 @@ import os
 import shutil
 import time
 import uuid
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -82,6 +83,11 @@ class ModelSnapshot:
             raise CorruptModelError(f"popularity shape {self.item_popularity.shape} != ({items},)")
         if not (np.isfinite(u).all() and np.isfinite(i).all()):
             raise CorruptModelError("embeddings contain NaN or inf")
+        if not np.isfinite(self.item_popularity).all():
+            raise CorruptModelError("item popularity contains NaN or inf")
+        # A repeated id would make one of its rows unreachable and could list an item twice.
+        if len(set(self.user_ids)) != users or len(set(self.item_ids)) != items:
+            raise CorruptModelError("user or item ids are not unique")
 
 
 def encode_snapshot(snapshot: ModelSnapshot) -> tuple[bytes, dict[str, Any]]:
@@ -111,6 +117,8 @@ def encode_snapshot(snapshot: ModelSnapshot) -> tuple[bytes, dict[str, Any]]:
 
 def decode_snapshot(blob: bytes, meta: dict[str, Any]) -> ModelSnapshot:
     """Inverse of ``encode_snapshot``; raises ``CorruptModelError`` on any mismatch."""
+    if not isinstance(meta, dict):
+        raise CorruptModelError("metadata is not a JSON object")
     if hashlib.sha256(blob).hexdigest() != meta.get("sha256"):
         raise CorruptModelError(f"version {meta.get('version')}: checksum mismatch")
     try:
@@ -123,7 +131,16 @@ def decode_snapshot(blob: bytes, meta: dict[str, Any]) -> ModelSnapshot:
                 item_popularity=arrays["item_popularity"],
                 meta=dict(meta),
             )
-    except (OSError, KeyError, ValueError) as error:
+    # np.load surfaces a damaged archive (whose checksum was computed over the damage) as any
+    # of these; all mean the same thing here.
+    except (
+        OSError,
+        KeyError,
+        ValueError,
+        EOFError,
+        NotImplementedError,
+        zipfile.BadZipFile,
+    ) as error:
         raise CorruptModelError(f"version {meta.get('version')}: unreadable ({error})") from error
     snapshot.validate()
     if snapshot.user_embeddings.shape[1] != meta.get("dim"):
