@@ -14,7 +14,7 @@ from models.data import user_item_lists
 from models.members import Member, build_member
 from models.metrics import member_scorer, ranking_metrics
 from models.sampling import forbidden_keys, sample_negatives
-from models.training import FitResult, fit
+from models.training import FitResult, adam, fit
 
 
 @dataclass
@@ -103,7 +103,7 @@ class FineTuneLearner:
         users, items = train.users.long(), train.items.long()
         forbidden = forbidden_keys(n_items, user_item_lists(train, member.n_users), None)
         generator = torch.Generator().manual_seed(cfg.seed * 7919 + block.index)
-        optimizer = torch.optim.Adam(member.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = adam(member.parameters(), cfg.lr, cfg.weight_decay)
 
         def train_epoch(epoch: int) -> float:
             member.train()

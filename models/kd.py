@@ -19,17 +19,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from models.api import BlockData, Interactions
 from models.data import CSR, user_item_lists
-from models.losses import bpr_loss, relaxed_ranking_loss
+from models.losses import (
+    bpr_loss,
+    kept_score_logsumexp,
+    relaxed_ranking_loss,
+    relaxed_ranking_loss_from_lse,
+)
 from models.members import Member, build_member
 from models.metrics import member_scorer, ranking_metrics
-from models.replay import concat_lists, fill_rows_, sample_without_replacement
+from models.replay import capped_chunk, concat_lists, fill_rows_
 from models.sampling import forbidden_keys, sample_negatives
-from models.training import FitResult, fit
+from models.training import FitResult, adam, fit
 
 if TYPE_CHECKING:
     from models.ccd import CCDConfig
@@ -73,6 +79,7 @@ def teacher_lists(
     interesting = top_items if not nan_quirk else torch.empty_like(top_items)
     col_values = torch.empty(0, n_items)
     col_users = torch.empty(0, n_items, dtype=torch.long)
+    chunk = capped_chunk(chunk, n_items)
     with torch.no_grad():
         for start in range(0, n_users, chunk):
             batch = torch.arange(start, min(start + chunk, n_users))
@@ -83,10 +90,14 @@ def teacher_lists(
             if nan_quirk:
                 marked = fill_rows_(scores, batch, train_csr, float("inf"))
                 interesting[batch] = torch.topk(marked, k_items, dim=1).indices
+            n_kept = col_values.shape[0]
             values = torch.cat([col_values, marked])
-            users = torch.cat([col_users, batch.unsqueeze(1).expand(-1, n_items)])
             best = torch.topk(values, min(k_users, values.shape[0]), dim=0)
-            col_values, col_users = best.values, users.gather(0, best.indices)
+            new_users = batch[(best.indices - n_kept).clamp(min=0)]
+            if n_kept:
+                kept_users = col_users.gather(0, best.indices.clamp(max=n_kept - 1))
+                new_users = torch.where(best.indices < n_kept, kept_users, new_users)
+            col_values, col_users = best.values, new_users
     return TeacherLists(interesting, col_users.T.contiguous(), top_items)
 
 
@@ -115,6 +126,16 @@ def blocked_pairs(
     return by_user, by_item
 
 
+def _free_keys(
+    rows: Tensor, n_cols: int, blocked: CSR, generator: torch.Generator | None
+) -> Tensor:
+    """U[0, 1) keys (len(rows), n_cols), -1 on blocked columns. The top-m keys of a row are a
+    uniform draw of m unblocked columns without replacement: the Gumbel-top-k draw of equal
+    weights, whose keys -log(-log(u)) are a monotone map of these."""
+    keys = torch.rand(rows.numel(), n_cols, generator=generator)
+    return fill_rows_(keys, rows, blocked, -1.0)
+
+
 def sample_uninteresting(
     n_rows: int,
     n_cols: int,
@@ -132,10 +153,52 @@ def sample_uninteresting(
     out = torch.full((n_rows, width), -1, dtype=torch.int32)
     for start in range(0, n_rows, chunk):
         rows = torch.arange(start, min(start + chunk, n_rows))
-        log_w = fill_rows_(torch.zeros(rows.numel(), n_cols), rows, blocked, float("-inf"))
-        picks, valid = sample_without_replacement(log_w, width, generator)
-        out[rows] = torch.where(valid, picks, -1).to(torch.int32)
+        values, picks = torch.topk(_free_keys(rows, n_cols, blocked, generator), width, dim=1)
+        out[rows] = torch.where(values >= 0, picks, -1).to(torch.int32)
     return out
+
+
+def sample_uninteresting_mask(
+    n_rows: int,
+    n_cols: int,
+    blocked: CSR,
+    n_samples: int,
+    generator: torch.Generator | None = None,
+    chunk: int = 512,
+) -> Tensor:
+    """The same draw as ``sample_uninteresting`` (same generator -> same sets), as a mask.
+
+    The sampled set is found with a linear-time partition instead of a sorted top-k: with
+    10,000 of ~11,000 columns per row that is ~10x faster, and a (rows, cols) bool mask is
+    smaller than int32 lists once more than a quarter of the columns are sampled.
+
+    Returns:
+        (n_rows, n_cols) bool, True = sampled.
+    """
+    width = min(n_samples, n_cols)
+    out = torch.zeros(n_rows, n_cols, dtype=torch.bool)
+    for start in range(0, n_rows, chunk):
+        rows = torch.arange(start, min(start + chunk, n_rows))
+        out[rows] = top_keys_mask(_free_keys(rows, n_cols, blocked, generator), width)
+    return out
+
+
+def top_keys_mask(keys: Tensor, width: int) -> Tensor:
+    """(B, N) bool of each row's ``width`` largest non-negative keys: the set of
+    ``torch.topk(keys, width)`` without its -1 entries (ties at the cut broken like topk),
+    found with a linear-time partition."""
+    n_cols = keys.shape[1]
+    if width <= 0:
+        return torch.zeros_like(keys, dtype=torch.bool)
+    # The width-th largest key per row (blocked columns, -1, sort lowest).
+    kth = np.partition(keys.numpy(), n_cols - width, axis=1)[:, n_cols - width]
+    sampled = (keys >= torch.from_numpy(kth).unsqueeze(1)) & (keys >= 0)
+    wanted = (keys >= 0).sum(1).clamp(max=width)
+    tied = (sampled.sum(1) != wanted).nonzero().squeeze(1)  # equal keys at the cut
+    if tied.numel():
+        values, picks = torch.topk(keys[tied], width, dim=1)
+        sampled[tied] = torch.zeros_like(sampled[tied]).scatter_(1, picks, values >= 0)
+    return sampled
 
 
 def gathered_scores(anchors: Tensor, table: Tensor, index: Tensor) -> Tensor:
@@ -154,7 +217,11 @@ def validation_recall(member: Member, block: BlockData) -> Callable[[], float] |
     def validate() -> float:
         member.eval()
         metrics = ranking_metrics(
-            member_scorer(member), block.valid, [block.train, block.test], (20,)
+            member_scorer(member),
+            block.valid,
+            [block.train, block.test],
+            (20,),
+            chunk=capped_chunk(1024, member.n_items),
         )
         member.train()
         return metrics["recall@20"]
@@ -211,7 +278,7 @@ def distill(
     forbidden = forbidden_keys(n_items, train_csr, excl)
     blocked_u, blocked_i = blocked_pairs(n_users, n_items, block.train, exclusion, lists)
     gen = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.Adam(student.parameters(), lr=cfg.kd_lr, weight_decay=cfg.weight_decay)
+    optimizer = adam(student.parameters(), cfg.kd_lr, cfg.weight_decay)
     users, items = block.train.users.long(), block.train.items.long()
     uninteresting: dict[str, Tensor] = {}
 
@@ -229,10 +296,10 @@ def distill(
     def train_epoch(epoch: int) -> float:
         student.train()
         if epoch % cfg.kd_resample_every == 0:
-            uninteresting["items"] = sample_uninteresting(
+            uninteresting["items"] = draw_uninteresting(
                 n_users, n_items, blocked_u, cfg.kd_uninteresting_items, gen
             )
-            uninteresting["users"] = sample_uninteresting(
+            uninteresting["users"] = draw_uninteresting(
                 n_items, n_users, blocked_i, cfg.kd_uninteresting_users, gen
             )
         negatives = sample_negatives(
@@ -248,7 +315,7 @@ def distill(
             loss = bpr_loss(pos, neg, clamp)
             batch_users = u.unique()
             ego_u, ego_i = rrd_tables()
-            loss = loss + cfg.kd_rrd_weight * _rrd(
+            loss = loss + cfg.kd_rrd_weight * rrd_loss(
                 ego_u[batch_users],
                 ego_i,
                 lists.interesting_items[batch_users],
@@ -257,7 +324,7 @@ def distill(
             total += step(loss)
         for batch_items in torch.randperm(n_items, generator=gen).split(cfg.kd_batch):
             ego_u, ego_i = rrd_tables()
-            loss = cfg.kd_ir_weight * _rrd(
+            loss = cfg.kd_ir_weight * rrd_loss(
                 ego_i[batch_items],
                 ego_u,
                 lists.interesting_users[batch_items],
@@ -273,14 +340,40 @@ def distill(
         cfg.kd_epochs,
         cfg.eval_every,
         cfg.patience,
+        skip_unselectable=True,
     )
     student.eval()
     return KDResult(student, lists, result)
 
 
-def _rrd(anchors: Tensor, table: Tensor, interesting: Tensor, uninteresting: Tensor) -> Tensor:
-    """Summed relaxed ranking loss of ``anchors`` against their interesting / sampled lists."""
-    valid = uninteresting >= 0
+def draw_uninteresting(
+    n_rows: int,
+    n_cols: int,
+    blocked: CSR,
+    n_samples: int,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The uninteresting sample of every row in its cheaper form: a (n_rows, n_cols) bool mask
+    when more than a quarter of the columns are drawn (Yelp: 10,000 of ~11,000), else (n_rows,
+    m) int32 lists. Both forms hold the same draw for the same generator state."""
+    if min(n_samples, n_cols) * 4 >= n_cols:
+        return sample_uninteresting_mask(n_rows, n_cols, blocked, n_samples, generator)
+    return sample_uninteresting(n_rows, n_cols, blocked, n_samples, generator)
+
+
+def rrd_loss(anchors: Tensor, table: Tensor, interesting: Tensor, uninteresting: Tensor) -> Tensor:
+    """Summed relaxed ranking loss of ``anchors`` against their interesting / sampled lists.
+
+    Args:
+        anchors: (B, d) the rows' embeddings; table: (N, d) the columns' embeddings.
+        interesting: (B, K) column ids in teacher order.
+        uninteresting: the rows' sample from ``draw_uninteresting``: (B, N) bool mask (scored
+            densely, fused) or (B, m) int32 lists, -1 padded (gathered).
+    """
     inter_scores = gathered_scores(anchors, table, interesting)
+    if uninteresting.dtype == torch.bool:
+        lse = kept_score_logsumexp(anchors, table, uninteresting)
+        return relaxed_ranking_loss_from_lse(inter_scores, lse).sum()
+    valid = uninteresting >= 0
     unint_scores = gathered_scores(anchors, table, uninteresting.long().clamp(min=0))
     return relaxed_ranking_loss(inter_scores, unint_scores, valid).sum()

@@ -12,7 +12,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 
 def bpr_loss(
@@ -54,18 +53,183 @@ def relaxed_ranking_loss(
     Returns:
         (B,) loss per row; the caller sums (the code's reduction) and scales (0.01).
     """
-    interesting = interesting.clamp(max=clamp_max)
     uninteresting = uninteresting.clamp(max=clamp_max)
     if uninteresting_valid is not None:
         uninteresting = uninteresting.masked_fill(~uninteresting_valid, float("-inf"))
+    return relaxed_ranking_loss_from_lse(
+        interesting, torch.logsumexp(uninteresting, dim=-1), clamp_max
+    )
+
+
+def relaxed_ranking_loss_from_lse(
+    interesting: Tensor, uninteresting_lse: Tensor, clamp_max: float = 10.0
+) -> Tensor:
+    """``relaxed_ranking_loss`` given log sum_{j in U} exp(min(s_j, clamp_max)) per row.
+
+    Args:
+        interesting: (B, K) scores in the teacher's order.
+        uninteresting_lse: (B,) the uninteresting part, e.g. from ``kept_score_logsumexp``
+            (-inf for a row without uninteresting entities).
+    """
+    interesting = interesting.clamp(max=clamp_max)
     # log sum_{t'>=t} exp(s_t') as a reversed log-cumsum-exp: stable for any score range.
     tail = torch.logcumsumexp(interesting.flip(-1), dim=-1).flip(-1)
-    below = torch.logaddexp(tail, torch.logsumexp(uninteresting, dim=-1, keepdim=True))
+    below = torch.logaddexp(tail, uninteresting_lse.unsqueeze(-1))
     return -(interesting - below).sum(-1)
 
 
-def _masked_logsumexp(anchors: Tensor, candidates: Tensor, tau: float) -> Tensor:
-    return torch.logsumexp(anchors @ candidates.T / tau, dim=-1)
+# Row blocks of the large (rows x columns) temporaries stay under this size: glibc serves
+# allocations up to its mmap threshold (32 MB at most) from the heap and reuses them, while
+# larger ones are mapped fresh each time and page-faulted in (~5x the cost of the arithmetic).
+BLOCK_BYTES = 16 << 20
+
+
+def block_rows(n_cols: int, itemsize: int = 4) -> int:
+    """Rows per block so that a (rows, n_cols) buffer of ``itemsize`` bytes fits BLOCK_BYTES."""
+    return max(1, BLOCK_BYTES // max(1, n_cols * itemsize))
+
+
+# A row whose kept exp-sum, shifted by the row's overall max, falls below this is recomputed
+# shifted by its kept max: above it the dropped float32 underflows are < 1e-12 of the sum.
+_UNDERFLOW_GUARD = math.exp(-50.0)
+
+
+class _KeptScoreLogSumExp(torch.autograd.Function):
+    """Fused forward/backward of ``kept_score_logsumexp``, per block of rows one (rows, N)
+    buffer reused in place: scores, shifted by the row max over ALL columns (exp of -inf or
+    of underflowing arguments takes a ~5-100x slower path on CPU, so nothing is set to -inf),
+    exponentiated, multiplied by the keep mask and summed. Rows whose kept part is negligible
+    next to the dropped columns are recomputed with the kept max. The backward consumes the
+    buffers (it may run only once)."""
+
+    @staticmethod
+    def forward(ctx, anchors: Tensor, table: Tensor, keep: Tensor, clamp_max: float) -> Tensor:
+        lse, saved = [], []
+        for rows in torch.arange(anchors.shape[0]).split(block_rows(table.shape[0])):
+            weights = anchors[rows] @ table.T
+            peak = weights.amax(dim=1, keepdim=True)
+            over = None
+            if bool((peak > clamp_max).any()):
+                over = weights > clamp_max  # clamp's gradient is zero there (torch: passes at ==)
+                weights.clamp_(max=clamp_max)
+                peak.clamp_(max=clamp_max)
+            kept = keep[rows]
+            total = weights.sub_(peak).exp_().mul_(kept.to(weights.dtype)).sum(dim=1, keepdim=True)
+            small = (total < _UNDERFLOW_GUARD).squeeze(1).nonzero().squeeze(1)
+            if small.numel():
+                exact = (anchors[rows[small]] @ table.T).clamp_(max=clamp_max)
+                exact.masked_fill_(~kept[small], float("-inf"))
+                exact_peak = exact.amax(dim=1, keepdim=True)
+                exact_peak = torch.where(
+                    torch.isfinite(exact_peak), exact_peak, torch.zeros_like(exact_peak)
+                )  # rows that keep nothing: total 0, lse -inf
+                weights[small] = exact.sub_(exact_peak).exp_()
+                total[small] = weights[small].sum(dim=1, keepdim=True)
+                peak[small] = exact_peak
+            lse.append((total.log() + peak).squeeze(1))
+            saved.append((rows, weights, total, over))
+        ctx.save_for_backward(anchors, table)
+        ctx.blocks = saved
+        return torch.cat(lse)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        if ctx.blocks is None:
+            raise RuntimeError("kept_score_logsumexp's backward can run only once")
+        anchors, table = ctx.saved_tensors
+        grad_anchors = torch.empty_like(anchors) if ctx.needs_input_grad[0] else None
+        grad_table = torch.zeros_like(table) if ctx.needs_input_grad[1] else None
+        for rows, weights, total, over in ctx.blocks:
+            scale = grad[rows].unsqueeze(1) / total
+            scale = torch.where(total > 0, scale, torch.zeros_like(scale))
+            grad_scores = weights.mul_(scale)  # softmax over the kept columns x upstream grad
+            if over is not None:
+                grad_scores.masked_fill_(over, 0.0)
+            if grad_anchors is not None:
+                grad_anchors[rows] = grad_scores @ table
+            if grad_table is not None:
+                grad_table.addmm_(grad_scores.T, anchors[rows])
+        ctx.blocks = None
+        return grad_anchors, grad_table, None, None
+
+
+def kept_score_logsumexp(
+    anchors: Tensor, table: Tensor, keep: Tensor, clamp_max: float = 10.0
+) -> Tensor:
+    """log sum_{j: keep[b, j]} exp(min(anchors[b] · table[j], clamp_max)) per row, -inf for a
+    row that keeps nothing: the uninteresting part of RRD when the sampled set is a large share
+    of all columns (scoring every column densely is then cheaper than gathering the samples).
+
+    Args:
+        anchors: (B, d); table: (N, d); keep: (B, N) bool.
+
+    Returns:
+        (B,), differentiable in ``anchors`` and ``table`` (same gradients as the unfused
+        clamp -> masked_fill(-inf) -> logsumexp).
+    """
+    return _KeptScoreLogSumExp.apply(anchors, table, keep, clamp_max)
+
+
+# Above this many (anchor, candidate) logits per term, the backward recomputes them in chunks
+# instead of keeping them (Yelp: ~1,500 x 12,000 = 18M per term, kept).
+KEEP_LOGITS_LIMIT = 64_000_000
+
+
+class _AnchoredLogSumExp(torch.autograd.Function):
+    """lse_x = log sum_c exp(a_x · z_c / tau) for constant anchors a, differentiable in z.
+
+    Per block of anchors the forward keeps exp(logit - peak) and the row sums (or, past
+    ``KEEP_LOGITS_LIMIT`` logits in all, nothing); the backward is one product per block,
+    dL/dz = E^T (a * g / (tau * sum)), so the logits are computed once instead of twice (forward,
+    then the checkpointed recomputation) and the softmax is never materialised.
+    """
+
+    @staticmethod
+    def forward(ctx, anchors: Tensor, candidates: Tensor, tau: float, chunk: int) -> Tensor:
+        n = anchors.shape[0]
+        keep = n * candidates.shape[0] <= KEEP_LOGITS_LIMIT
+        scaled = anchors / tau
+        lse, blocks = [], []
+        for start in range(0, n, block_rows(candidates.shape[0]) if keep else chunk):
+            rows = slice(start, start + (block_rows(candidates.shape[0]) if keep else chunk))
+            logits = scaled[rows] @ candidates.T
+            if keep:
+                peak = logits.amax(dim=1, keepdim=True)
+                total = logits.sub_(peak).exp_().sum(dim=1, keepdim=True)
+                lse.append((total.log() + peak).squeeze(1))
+                blocks.append((rows, logits, total))
+            else:
+                lse.append(torch.logsumexp(logits, dim=1))
+        lse = torch.cat(lse) if lse else anchors.new_zeros(0)
+        ctx.save_for_backward(scaled, candidates, lse)
+        ctx.blocks, ctx.chunk, ctx.tau = blocks if keep else None, chunk, tau
+        return lse
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        scaled, candidates, lse = ctx.saved_tensors
+        if ctx.blocks is not None:  # softmax = weights / total
+            parts = [(w, grad[rows].unsqueeze(1) / total, rows) for rows, w, total in ctx.blocks]
+        else:
+            parts = []
+            for start in range(0, scaled.shape[0], ctx.chunk):
+                rows = slice(start, start + ctx.chunk)
+                softmax = (scaled[rows] @ candidates.T).sub_(lse[rows].unsqueeze(1)).exp_()
+                parts.append((softmax, grad[rows].unsqueeze(1), rows))
+        grad_anchors = grad_candidates = None
+        if ctx.needs_input_grad[1]:
+            grad_candidates = torch.zeros_like(candidates)
+            for w, g, rows in parts:
+                grad_candidates.addmm_(w.T, scaled[rows] * g)
+        if ctx.needs_input_grad[0]:
+            grad_anchors = torch.cat([(w @ candidates) * g for w, g, _ in parts]) / ctx.tau
+        return grad_anchors, grad_candidates, None, None
+
+
+def anchored_logsumexp(anchors: Tensor, candidates: Tensor, tau: float, chunk: int = 512) -> Tensor:
+    """log sum_c exp(anchors[x] · candidates[c] / tau) per anchor, (n,); memory O(n x C) up to
+    ``KEEP_LOGITS_LIMIT`` logits, else O(chunk x C) with a recomputing backward."""
+    return _AnchoredLogSumExp.apply(anchors, candidates, tau, chunk)
 
 
 def contrastive_kd_term(
@@ -81,8 +245,9 @@ def contrastive_kd_term(
     l(x) = 1/|N(x)| sum_{c in N(x)} log softmax_{c' in C}(z_x^old · z_c' / tau)[c],
     and l(x) = 0 when N(x) is empty (the code divides a zero sum by |N| + 1e-8).
 
-    The softmax denominator over all candidates is computed in row chunks under activation
-    checkpointing, so memory stays O(chunk x |C|) even for Gowalla's ~40k old items.
+    The softmax denominator over all candidates is ``anchored_logsumexp`` (one product of the
+    anchors with all candidates, kept for the backward up to a size limit, else chunked), so
+    memory stays bounded even for Gowalla's ~40k old items.
 
     Args:
         anchors_old: (n, d) detached "before" embeddings of the anchors.
@@ -105,15 +270,9 @@ def contrastive_kd_term(
     has = counts > 0
     mean_logit = (anchors_old * neighbor_sum).sum(-1) / counts.clamp(min=1) / tau
     rows = has.nonzero().squeeze(1)
-    lse = candidates.new_zeros(n)
-    parts = []
-    for start in range(0, rows.numel(), chunk):
-        block = anchors_old[rows[start : start + chunk]]
-        if candidates.requires_grad:
-            parts.append(checkpoint(_masked_logsumexp, block, candidates, tau, use_reentrant=False))
-        else:
-            parts.append(_masked_logsumexp(block, candidates, tau))
-    lse = lse.index_put((rows,), torch.cat(parts))
+    lse = candidates.new_zeros(n).index_put(
+        (rows,), anchored_logsumexp(anchors_old[rows], candidates, tau, chunk)
+    )
     return torch.where(has, mean_logit - lse, torch.zeros_like(lse))
 
 

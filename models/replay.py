@@ -16,10 +16,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from models.data import CSR, gather_rows
+from models.losses import block_rows
 
 Scorer = Callable[[Tensor], Tensor]
 FILTERED = -1e8  # the code's score for filtered (already interacted) items
@@ -56,6 +58,11 @@ def fill_rows_(scores: Tensor, users: Tensor, csr: CSR | None, value: float = FI
     return scores
 
 
+def capped_chunk(chunk: int, n_cols: int | None, itemsize: int = 4) -> int:
+    """``chunk`` rows, fewer if a (rows, n_cols) block would exceed ``losses.BLOCK_BYTES``."""
+    return chunk if n_cols is None else max(1, min(chunk, block_rows(n_cols, itemsize)))
+
+
 def top_items_padded(
     scorer: Scorer,
     n_scored: int,
@@ -70,6 +77,7 @@ def top_items_padded(
     ``filtering_simple``); rows n_scored..n_rows-1 (users the model does not know) are -1.
     """
     out = torch.full((n_rows, k), -1, dtype=torch.long)
+    chunk = capped_chunk(chunk, getattr(scorer, "n_items", None))
     with torch.no_grad():
         for start in range(0, min(n_scored, n_rows), chunk):
             batch = torch.arange(start, min(start + chunk, n_scored, n_rows))
@@ -96,9 +104,62 @@ def concat_lists(*lists: Tensor | None) -> Tensor | None:
     return out
 
 
+def descending_order(scores: Tensor) -> Tensor:
+    """Column ids of each row by descending score, ties by ascending id (a stable sort).
+
+    Same result as ``torch.sort(scores, 1, descending=True, stable=True).indices`` for scores
+    without NaN, ~5x faster on CPU: each (score, id) pair is packed into one int64 key (the
+    float bits mapped to an order-reversing integer, then the id) and the keys are sorted by
+    numpy's vectorised integer sort, in place, no index array carried along.
+
+    Args:
+        scores: (B, N) scores (+-inf allowed).
+
+    Returns:
+        (B, N) int64.
+    """
+    n = scores.shape[1]
+    shift = max(n - 1, 1).bit_length()
+    if shift > 31:
+        return torch.sort(scores, dim=1, descending=True, stable=True).indices
+    bits = np.add(scores.detach().float().numpy(), np.float32(0.0)).view(np.int32)  # -0 -> 0
+    flip = np.right_shift(bits, 31)
+    np.bitwise_and(flip, 0x7FFFFFFF, out=flip)
+    np.bitwise_xor(flip, bits, out=flip)  # order-preserving int32 of the float
+    np.invert(flip, out=flip)  # order-reversing: ascending keys = descending scores
+    keys = flip.astype(np.int64)
+    np.left_shift(keys, shift, out=keys)
+    np.bitwise_or(keys, np.arange(n, dtype=np.int64), out=keys)
+    keys.sort(axis=1)
+    np.bitwise_and(keys, (1 << shift) - 1, out=keys)
+    return torch.from_numpy(keys)
+
+
+def column_ranks(scores: Tensor, columns: Tensor) -> Tensor:
+    """0-based rank of ``columns`` (B, m) in their row's stable descending order of ``scores``
+    (B, N), i.e. ``rank_matrix(scores).gather(1, columns)`` without the full (B, N) ranks.
+
+    rank(c) = #{j: s_j > s_c} + #{j < c: s_j == s_c}: one float sort of the values (no ids)
+    and a binary search per column; the rare ties are counted directly.
+    """
+    n = scores.shape[1]
+    scores = scores.float().contiguous()
+    values = scores.gather(1, columns)
+    ascending = torch.from_numpy(np.sort(scores.detach().numpy(), axis=1))
+    not_above = torch.searchsorted(ascending, values, right=True)
+    above = n - not_above
+    tied = (not_above - torch.searchsorted(ascending, values) > 1).nonzero()
+    if tied.numel():  # ties broken by column id, as a stable sort does
+        rows, cols = tied[:, 0], columns[tied[:, 0], tied[:, 1]]
+        before = torch.arange(n).unsqueeze(0) < cols.unsqueeze(1)
+        same = scores[rows] == values[tied[:, 0], tied[:, 1]].unsqueeze(1)
+        above[tied[:, 0], tied[:, 1]] += (same & before).sum(1)
+    return above
+
+
 def rank_matrix(scores: Tensor) -> Tensor:
-    """0-based rank of each entry in its row's descending order, shape (B, I) int64."""
-    order = torch.argsort(scores, dim=1, descending=True)
+    """0-based rank of each entry in its row's descending order (ties by column id), (B, I)."""
+    order = descending_order(scores)
     ranks = torch.empty_like(order)
     positions = torch.arange(scores.shape[1]).expand_as(order)
     return ranks.scatter_(1, order, positions)
@@ -154,6 +215,7 @@ def sample_replay(
     if n_samples <= 0 or users.numel() == 0:
         return ReplaySet.empty()
     parts = []
+    chunk = capped_chunk(chunk, getattr(reference, "n_items", None))
     with torch.no_grad():
         for start in range(0, users.numel(), chunk):
             batch = users[start : start + chunk]
@@ -162,9 +224,9 @@ def sample_replay(
                 fill_rows_(scores, batch, csr)
             n_items = scores.shape[1]
             top_scores, candidates = torch.topk(scores, min(n_abs, n_items), dim=1)
-            ref_rank = rank_matrix(reference(batch).float())[:, :n_items]
+            ref_rank = column_ranks(reference(batch), candidates)  # rank_W among all I_W
             own_rank = torch.arange(candidates.shape[1]).unsqueeze(0)  # rank_X of the t-th top
-            log_w = eps * (ref_rank.gather(1, candidates) - own_rank).double()
+            log_w = eps * (ref_rank - own_rank).double()
             pick, valid = sample_without_replacement(log_w, n_samples, generator)
             rows = batch.unsqueeze(1).expand_as(pick)[valid]
             parts.append(

@@ -31,7 +31,7 @@ from models.replay import (
     top_items_padded,
 )
 from models.sampling import forbidden_keys, sample_negatives
-from models.training import FitResult, fit
+from models.training import FitResult, adam, fit
 
 if TYPE_CHECKING:
     from models.ccd import CCDConfig
@@ -57,8 +57,9 @@ def bpr_and_replay_epoch(
     generator: torch.Generator,
     extra_loss=None,
 ) -> float:
-    """One epoch of Stages 2/3: BPR minibatches (SUM loss, plus ``extra_loss(users, pos)`` if
-    given), then the shuffled replay set with ``replay_weight`` x SUM of BCE-with-logits."""
+    """One epoch of Stages 2/3: BPR minibatches (SUM loss, plus ``extra_loss(users, pos,
+    layers)`` if given, ``layers`` = the step's ``member.layer_embeddings()``), then the shuffled
+    replay set with ``replay_weight`` x SUM of BCE-with-logits."""
     member.train()
     users, items = train.users.long(), train.items.long()
     negatives = sample_negatives(
@@ -66,9 +67,12 @@ def bpr_and_replay_epoch(
     )
     total = 0.0
     for batch in torch.randperm(len(users), generator=generator).split(batch_size):
-        loss = member.bpr_loss(users[batch], items[batch], negatives[batch])
-        if extra_loss is not None:
-            loss = loss + extra_loss(users[batch], items[batch])
+        if extra_loss is None:
+            loss = member.bpr_loss(users[batch], items[batch], negatives[batch])
+        else:  # one propagation for both losses
+            layers, final = member.layers_and_final()
+            loss = member.bpr_loss(users[batch], items[batch], negatives[batch], final)
+            loss = loss + extra_loss(users[batch], items[batch], layers)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -159,9 +163,7 @@ def update_student(
     forbidden = forbidden_keys(
         student.n_items, user_item_lists(block.train, student.n_users), exclusion
     )
-    optimizer = torch.optim.Adam(
-        student.parameters(), lr=cfg.student_lr, weight_decay=cfg.weight_decay
-    )
+    optimizer = adam(student.parameters(), cfg.student_lr, cfg.weight_decay)
 
     def train_epoch(epoch: int) -> float:
         # The code re-draws after every evaluation but the first (epoch 0).
@@ -189,6 +191,7 @@ def update_student(
         cfg.student_epochs,
         cfg.eval_every,
         cfg.patience,
+        skip_unselectable=True,
     )
     student.eval()
     return StudentUpdateResult(student, result, len(replay["set"]), exclusion)

@@ -25,7 +25,6 @@ from torch import Tensor, nn
 
 from models.api import BlockData, Interactions
 from models.data import CSR, dense_rows, gather_rows, user_item_lists
-from models.ensemble import rank_ensemble_scorer
 from models.entity_init import grow_member
 from models.graph import to_csr
 from models.kd import validation_recall
@@ -39,10 +38,10 @@ from models.losses import (
 )
 from models.members import Member, MultVAE
 from models.metrics import SizedScorer, merge_interactions
-from models.replay import ReplaySet, pool_max, sample_replay
+from models.replay import ReplaySet, capped_chunk, descending_order, pool_max, sample_replay
 from models.sampling import forbidden_keys, sample_negatives
 from models.student_update import bpr_and_replay_epoch
-from models.training import FitResult, fit
+from models.training import FitResult, adam, fit
 
 if TYPE_CHECKING:
     from models.ccd import CCDConfig
@@ -59,10 +58,38 @@ def sized_member_scorer(member: Member, n_items: int | None = None) -> SizedScor
 
 
 def ensemble_scorer(members: list[Member], n_items: int, power: float = 0.05) -> SizedScorer:
-    """The teacher system T: rank ensemble of the members (eval mode), (B,) -> (B, n_items)."""
+    """The teacher system T: rank ensemble of the members (eval mode), (B,) -> (B, n_items).
+
+    The scores of ``models.ensemble.rank_ensemble_scorer`` (mean over members of
+    (1 / (rank + 1)) ** power, ties ranked by item id; equal up to 1 ulp of the power), ~3x
+    faster on CPU: each member's stable order comes from ``descending_order`` and the weight of
+    rank r is scattered from a per-rank table instead of ranking, reciprocating and powering
+    every entry.
+    """
     for member in members:
         member.eval()
-    return rank_ensemble_scorer([sized_member_scorer(m, n_items) for m in members], power)
+    if not members:
+        raise ValueError("an ensemble needs at least one member")
+    scorers = [sized_member_scorer(m, n_items) for m in members]
+    weight_tables: dict[int, Tensor] = {}
+
+    def weight_table(width: int) -> Tensor:
+        if width not in weight_tables:
+            weight_tables[width] = (1.0 / (torch.arange(width).float() + 1.0)).pow(power)
+        return weight_tables[width]
+
+    def score(users: Tensor) -> Tensor:
+        total = torch.zeros(users.numel(), n_cols)
+        step = capped_chunk(users.numel(), n_cols, 8)  # row blocks keep the int64 sort keys small
+        for start in range(0, users.numel(), step):
+            block = total[start : start + step]
+            for scorer in scorers:
+                order = descending_order(scorer(users[start : start + step]))
+                block.scatter_add_(1, order, weight_table(order.shape[1]).expand_as(order))
+        return total / len(scorers)
+
+    n_users, n_cols = min(s.n_users for s in scorers), min(s.n_items for s in scorers)
+    return SizedScorer(score, n_users, n_cols)
 
 
 # -- windows, old lists and graphs --------------------------------------------------------------
@@ -132,7 +159,7 @@ def similarity_graph(
         ).coalesce()
     )  # CSR x dense is ~4x faster than COO x dense on CPU
     kept: list[tuple[Tensor, Tensor, Tensor]] = []
-    for rows in torch.arange(n_rows).split(chunk):
+    for rows in torch.arange(n_rows).split(capped_chunk(chunk, max(n_cols, n_rows))):
         block = dense_rows(indptr, indices, rows, n_cols) * inv_norm[rows].unsqueeze(1)
         sims = torch.sparse.mm(normed, block.T).T  # (chunk, n_rows) cosine similarities
         sims[torch.arange(rows.numel()), rows] = 0.0
@@ -250,13 +277,18 @@ class ContinualLoss(nn.Module):
             pick = _random_rows(pool.shape[0], n, self._gen)
             self.centers.append(nn.Parameter(pool[pick].clone()))
 
-    def forward(self, users: Tensor, items: Tensor) -> Tensor:
+    def forward(
+        self, users: Tensor, items: Tensor, layers: list[tuple[Tensor, Tensor]] | None = None
+    ) -> Tensor:
+        """The loss of a BPR batch's (users, items); ``layers``: the member's
+        ``layer_embeddings()`` of this step, if already computed."""
         cfg, old = self.cfg, self.old
         ou = old.user_pos[users.unique()]
         ou = ou[ou >= 0]
         oi = old.item_pos[items[items < old.item_pos.numel()].unique()]
         oi = oi[oi >= 0]
-        layers = self._member[0].layer_embeddings()
+        if layers is None:
+            layers = self._member[0].layer_embeddings()
         total = layers[0][0].new_zeros(())
         for layer in range(self.n_layers):
             present_u, present_i = layers[layer]
@@ -345,7 +377,7 @@ def update_member(
     if loss is not None:
         loss.init_centers()
         params += list(loss.parameters())
-    optimizer = torch.optim.Adam(params, lr=cfg.teacher_lr, weight_decay=cfg.weight_decay)
+    optimizer = adam(params, cfg.teacher_lr, cfg.weight_decay)
     forbidden = forbidden_keys(
         member.n_items, user_item_lists(window.train, member.n_users), ctx.exclusion
     )
@@ -375,6 +407,7 @@ def update_member(
         cfg.teacher_epochs,
         cfg.eval_every,
         cfg.patience,
+        skip_unselectable=True,
     )
     member.eval()
     return result
@@ -392,14 +425,6 @@ def _common_pairs(ctx: TeacherContext) -> Interactions:
     stride = int(items.max()) + 1
     keys = torch.unique(users[keep] * stride + items[keep])
     return Interactions(keys // stride, keys % stride)
-
-
-def _vae_forward(vae: MultVAE, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(logits (B, I), z_mean, z_logstd) of Mult-VAE on explicit input rows x (B, I)."""
-    hidden = torch.tanh(vae.encoder(F.normalize(x, dim=-1)))
-    mean, logstd = vae.w_mean(hidden), vae.w_logstd(hidden)
-    noise = torch.rand_like(logstd) if vae.uniform_noise else torch.randn_like(logstd)
-    return vae.decoder(mean + noise * torch.exp(logstd)), mean, logstd
 
 
 def _weighted_rows(
@@ -434,7 +459,7 @@ def _update_vae(
     train_csr = user_item_lists(window.train, n_users)
     common_csr = user_item_lists(common, n_users) if len(common) else None
     before_by_key = _keyed(common, before, vae.n_items)
-    optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.teacher_lr, weight_decay=cfg.weight_decay)
+    optimizer = adam(vae.parameters(), cfg.teacher_lr, cfg.weight_decay)
     replay = {"set": draw_teacher_replay(vae, ctx, cfg, gen)}
 
     def train_epoch(epoch: int) -> float:
@@ -444,7 +469,7 @@ def _update_vae(
         total = 0.0
         for users in torch.randperm(n_users, generator=gen).split(cfg.teacher_batch):
             x = _weighted_rows(train_csr, replay["set"], users, vae.n_items, cfg.vae_replay_value)
-            logits, mean, logstd = _vae_forward(vae, x)
+            logits, mean, logstd = vae.forward_rows(x)
             vae.anneal_step += 1
             recon = -(F.log_softmax(logits, -1) * F.normalize(x, dim=-1)).sum(-1)
             kl = 0.5 * (mean.pow(2) + torch.exp(2 * logstd) - 2 * logstd).sum(-1)
@@ -466,6 +491,7 @@ def _update_vae(
         cfg.teacher_epochs,
         cfg.eval_every,
         cfg.patience,
+        skip_unselectable=True,
     )
     vae.eval()
     return result
@@ -509,7 +535,7 @@ def train_base_member(member: Member, block: BlockData, cfg: CCDConfig, seed: in
     batch 512, or the annealed VAE loss; validation every epoch, patience 10."""
     gen = torch.Generator().manual_seed(seed)
     member.set_graph(block.train)
-    optimizer = torch.optim.Adam(member.parameters(), lr=cfg.base_lr, weight_decay=cfg.weight_decay)
+    optimizer = adam(member.parameters(), cfg.base_lr, cfg.weight_decay)
     users, items = block.train.users.long(), block.train.items.long()
     forbidden = forbidden_keys(member.n_items, user_item_lists(block.train, member.n_users), None)
 
@@ -541,6 +567,7 @@ def train_base_member(member: Member, block: BlockData, cfg: CCDConfig, seed: in
         cfg.base_epochs,
         cfg.base_eval_every,
         cfg.base_patience,
+        skip_unselectable=True,
     )
     member.eval()
     return result

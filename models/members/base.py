@@ -77,6 +77,16 @@ class Member(nn.Module):
     def _combine(self, layers: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
         return layers[-1]
 
+    def _final_embeddings(self) -> tuple[Tensor, Tensor]:
+        """Final embeddings computed from scratch (subclasses may fuse the layer combination)."""
+        return self._combine(self.layer_embeddings())
+
+    def layers_and_final(self) -> tuple[list[tuple[Tensor, Tensor]], tuple[Tensor, Tensor]]:
+        """``(layer_embeddings(), embeddings())`` from ONE propagation, with autograd: for a
+        training step whose losses need both (Stage 3's BPR + LWC-KD)."""
+        layers = self.layer_embeddings()
+        return layers, self._combine(layers)
+
     def _cache_key(self) -> tuple:
         # The sum guards against edits through ``.data``, which do not bump ``_version``.
         params = tuple(
@@ -92,10 +102,10 @@ class Member(nn.Module):
         ``invalidate_cache()`` forces a recomputation.
         """
         if torch.is_grad_enabled():
-            return self._combine(self.layer_embeddings())
+            return self._final_embeddings()
         key = self._cache_key()
         if self._cache is None or self._cache[0] != key:
-            self._cache = (key, self._combine(self.layer_embeddings()))
+            self._cache = (key, self._final_embeddings())
         return self._cache[1]
 
     def _invalidate(self) -> None:
@@ -117,14 +127,21 @@ class Member(nn.Module):
         user_emb, item_emb = self.embeddings()
         return user_emb[users] @ item_emb.T
 
-    def bpr_loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+    def bpr_loss(
+        self,
+        users: Tensor,
+        pos: Tensor,
+        neg: Tensor,
+        final: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
         """BPR loss, SUM over the batch: -sum log sigmoid(s_up - s_un).
 
         Args:
             users, pos: (n,) ids.
             neg: (n,) or (n, m) negative item ids (m negatives per positive).
+            final: this step's ``embeddings()`` if already computed (saves a propagation).
         """
-        user_emb, item_emb = self.embeddings()
+        user_emb, item_emb = self.embeddings() if final is None else final
         u = user_emb[users]
         pos_scores = (u * item_emb[pos]).sum(-1)
         if neg.dim() == 1:

@@ -8,8 +8,47 @@ import torch
 from torch import Tensor
 
 from models.api import Interactions
-from models.graph import normalized_adjacency
+from models.graph import to_csr
 from models.members.base import Member
+
+
+def bipartite_halves(inter: Interactions, n_users: int, n_items: int) -> tuple[Tensor, Tensor]:
+    """The two non-zero blocks of ``models.graph.normalized_adjacency``: the (U, I) matrix
+    B = D_u^-1/2 R D_i^-1/2 of the distinct (user, item) pairs and its (I, U) transpose, both
+    sparse CSR float32. A = [[0, B], [B^T, 0]], so A @ [x_u; x_i] = [B x_i; B^T x_u]."""
+    keys = torch.unique(inter.users.long() * n_items + inter.items.long())
+    users, items = keys // n_items, keys % n_items
+    user_norm = torch.bincount(users, minlength=n_users).float().rsqrt()
+    item_norm = torch.bincount(items, minlength=n_items).float().rsqrt()
+    values = user_norm[users] * item_norm[items]
+
+    def csr(rows: Tensor, cols: Tensor, shape: tuple[int, int]) -> Tensor:
+        coo = torch.sparse_coo_tensor(
+            torch.stack([rows, cols]), values, shape, check_invariants=False
+        )
+        return to_csr(coo.coalesce())
+
+    return csr(users, items, (n_users, n_items)), csr(items, users, (n_items, n_users))
+
+
+class _PairedSpmm(torch.autograd.Function):
+    """matrix @ x whose backward is transpose @ grad with the transpose given, not derived:
+    torch's own backward of a CSR product transposes the sparse matrix on every call (~5x
+    the cost of the forward product on CPU)."""
+
+    @staticmethod
+    def forward(ctx, matrix: Tensor, transpose: Tensor, x: Tensor) -> Tensor:
+        ctx.transpose = transpose
+        return torch.sparse.mm(matrix, x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[None, None, Tensor]:
+        return None, None, torch.sparse.mm(ctx.transpose, grad)
+
+
+def paired_spmm(matrix: Tensor, transpose: Tensor, x: Tensor) -> Tensor:
+    """matrix (M, N) sparse @ x (N, d) -> (M, d); ``transpose`` is matrix^T (N, M)."""
+    return _PairedSpmm.apply(matrix, transpose, x)
 
 
 class LightGCN(Member):
@@ -18,6 +57,10 @@ class LightGCN(Member):
     The graph is built from the interactions passed to ``set_graph`` only (the current block's
     train split, as in the code); inactive users/items are isolated nodes whose final embedding is
     ego / (n_layers + 1). Before any ``set_graph`` call the graph is empty.
+
+    Propagation uses the two off-diagonal blocks of the symmetric normalised adjacency
+    (``bipartite_halves``): the same sums as A @ [x_u; x_i], without stacking the tables into
+    one (U+I, d) tensor and splitting it again (and their full-size backward copies).
     """
 
     kind = "lightgcn"
@@ -26,7 +69,7 @@ class LightGCN(Member):
         super().__init__(n_users, n_items, dim, seed)
         self.n_layers = n_layers
         self.graph_train = Interactions.empty()
-        self._adjacency: Tensor | None = None
+        self._adjacency: tuple[Tensor, Tensor] | None = None
 
     def set_graph(self, train: Interactions) -> None:
         self.graph_train = Interactions(train.users.long().clone(), train.items.long().clone())
@@ -36,30 +79,35 @@ class LightGCN(Member):
         super()._invalidate()
         self._adjacency = None  # rebuilt lazily: sizes may change after set_graph (grow)
 
-    def adjacency(self) -> Tensor:
-        """Sparse (U+I, U+I) D^-1/2 A D^-1/2 of the graph interactions at the current sizes."""
+    def halves(self) -> tuple[Tensor, Tensor]:
+        """(B (U, I), B^T (I, U)) of the graph interactions at the current sizes."""
         if self._adjacency is None:
             g = self.graph_train
             if len(g) and (
                 int(g.users.max()) >= self.n_users or int(g.items.max()) >= self.n_items
             ):
                 raise ValueError("graph interactions exceed the tables; grow() the member first")
-            self._adjacency = normalized_adjacency(g, self.n_users, self.n_items)
+            self._adjacency = bipartite_halves(g, self.n_users, self.n_items)
         return self._adjacency
 
     def layer_embeddings(self) -> list[tuple[Tensor, Tensor]]:
-        adjacency = self.adjacency()
-        x = torch.cat([self.user_table.weight, self.item_table.weight])
-        layers = [x]
+        user_item, item_user = self.halves()
+        users, items = self.user_table.weight, self.item_table.weight
+        layers = [(users, items)]
         for _ in range(self.n_layers):
-            x = torch.sparse.mm(adjacency, x)
-            layers.append(x)
-        return [(layer[: self.n_users], layer[self.n_users :]) for layer in layers]
+            users, items = (
+                paired_spmm(user_item, item_user, items),
+                paired_spmm(item_user, user_item, users),
+            )
+            layers.append((users, items))
+        return layers
 
     def _combine(self, layers: list[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
-        users = torch.stack([u for u, _ in layers]).mean(0)
-        items = torch.stack([i for _, i in layers]).mean(0)
-        return users, items
+        # Running sums, not a (L+1, n, d) stack.
+        users, items = layers[0]
+        for layer_users, layer_items in layers[1:]:
+            users, items = users + layer_users, items + layer_items
+        return users / len(layers), items / len(layers)
 
     def get_extra_state(self) -> dict[str, Any]:
         state = super().get_extra_state()

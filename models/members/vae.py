@@ -85,8 +85,24 @@ class MultVAE(Member):
     def encode(self, users: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """(input x (B, I), z_mean (B, d), z_logstd (B, d))."""
         x = self.input_rows(users)
+        return (x, *self._encode_normalized(x))
+
+    def _encode_normalized(self, x: Tensor) -> tuple[Tensor, Tensor]:
         hidden = torch.tanh(self.encoder(x))
-        return x, self.w_mean(hidden), self.w_logstd(hidden)
+        return self.w_mean(hidden), self.w_logstd(hidden)
+
+    def forward_rows(self, x: Tensor, sample: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+        """The forward pass on explicit input rows, e.g. train rows with weighted pseudo-labels.
+
+        Args:
+            x: (B, I) non-negative input rows (binary or weighted), L2-normalised here.
+            sample: draw the latent (the noise of ``uniform_noise``); False uses the mean.
+
+        Returns:
+            (decoder logits (B, I), z_mean (B, d), z_logstd (B, d)).
+        """
+        mean, logstd = self._encode_normalized(F.normalize(x, dim=-1))
+        return self.decoder(self._latent(mean, logstd, sample)), mean, logstd
 
     def _latent(self, mean: Tensor, logstd: Tensor, sample: bool) -> Tensor:
         if not sample:
@@ -119,7 +135,13 @@ class MultVAE(Member):
             beta = self.kl_weight()
         return (recon + beta * kl).mean()
 
-    def bpr_loss(self, users: Tensor, pos: Tensor, neg: Tensor) -> Tensor:
+    def bpr_loss(
+        self,
+        users: Tensor,
+        pos: Tensor,
+        neg: Tensor,
+        final: tuple[Tensor, Tensor] | None = None,
+    ) -> Tensor:
         raise NotImplementedError("MultVAE trains with vae_loss")
 
     # -- dot-product view --------------------------------------------------------------------

@@ -11,6 +11,7 @@ from models.api import BlockData, Interactions
 from models.ccd import CCDConfig, CCDLearner
 from models.data import split_block, user_item_lists
 from models.distilled_baselines import FrozenStudentLearner, TeacherFineTuneLearner
+from models.ensemble import rank_ensemble_scorer
 from models.members import build_member
 from models.metrics import embedding_scorer, ranking_metrics
 from models.teacher_update import (
@@ -18,7 +19,9 @@ from models.teacher_update import (
     OldStructure,
     TeacherContext,
     TeacherWindow,
+    ensemble_scorer,
     similarity_graph,
+    sized_member_scorer,
 )
 
 
@@ -214,8 +217,28 @@ def test_continual_loss_ui_iu_terms_against_formula() -> None:
     log_q = torch.log_softmax(items[[1]] @ users[[0, 2]].T / 5.0, dim=1)
     iu = log_q[0].mean()  # item 1 -> users 0, 2
     assert got.item() == pytest.approx(-(ui + iu).item(), rel=1e-5)
+    shared = loss_fn(torch.tensor([0, 1, 2]), torch.tensor([1, 2]), member.layer_embeddings())
+    assert shared.item() == pytest.approx(got.item(), rel=1e-6)
     got.backward()
     assert member.user_table.weight.grad is not None
+
+
+def test_fast_ensemble_scorer_equals_the_rank_ensemble() -> None:
+    """teacher_update's ensemble (sorted order + per-rank weights) against ensemble.py's."""
+    g = torch.Generator().manual_seed(0)
+    train = Interactions(
+        torch.randint(0, 30, (200,), generator=g), torch.randint(0, 25, (200,), generator=g)
+    )
+    members = [build_member(k, 30, 25, 4, seed=i) for i, k in enumerate(("lightgcn", "mf"))]
+    for member in members:
+        member.set_graph(train)
+    with torch.no_grad():
+        members[1].item_table.weight[3] = members[1].item_table.weight[7]  # tied scores
+    fast = ensemble_scorer(members, 20, power=0.05)
+    reference = rank_ensemble_scorer([sized_member_scorer(m, 20) for m in members], 0.05)
+    users = torch.arange(30)
+    assert (fast.n_users, fast.n_items) == (30, 20)
+    assert torch.allclose(fast(users), reference(users), rtol=0, atol=2e-7)
 
 
 def test_vae_teacher_members_run(stream) -> None:

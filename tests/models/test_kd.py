@@ -10,7 +10,16 @@ import torch
 from models.api import BlockData, Embeddings, Interactions
 from models.ccd import CCDConfig
 from models.data import split_block, user_item_lists
-from models.kd import blocked_pairs, distill, gathered_scores, sample_uninteresting, teacher_lists
+from models.kd import (
+    blocked_pairs,
+    distill,
+    gathered_scores,
+    rrd_loss,
+    sample_uninteresting,
+    sample_uninteresting_mask,
+    teacher_lists,
+    top_keys_mask,
+)
 from models.metrics import embedding_scorer, ranking_metrics
 
 
@@ -118,3 +127,48 @@ def test_distilled_student_learns_the_teacher_ranking() -> None:
     random_recall = 20 / 80
     assert got["recall@20"] > random_recall + 0.2, got
     assert result.fit.best_epoch >= 0 and not math.isinf(result.fit.best_score)
+
+
+def test_mask_sampler_draws_the_sets_of_the_list_sampler() -> None:
+    """Same generator state -> the mask holds exactly the sampled lists (rows short of
+    unblocked columns included)."""
+    n_rows, n_cols = 40, 30
+    g = torch.Generator().manual_seed(5)
+    pairs = Interactions(
+        torch.randint(0, n_rows, (400,), generator=g), torch.randint(0, 30, (400,), generator=g)
+    )
+    blocked = user_item_lists(pairs, n_rows)
+    lists = sample_uninteresting(n_rows, n_cols, blocked, 20, torch.Generator().manual_seed(2), 16)
+    mask = sample_uninteresting_mask(
+        n_rows, n_cols, blocked, 20, torch.Generator().manual_seed(2), 16
+    )
+    want = torch.zeros(n_rows, n_cols + 1, dtype=torch.bool)
+    want.scatter_(1, torch.where(lists >= 0, lists.long(), n_cols), True)
+    assert torch.equal(mask, want[:, :n_cols])
+    assert (mask.sum(1) < 20).any()  # some rows had fewer than 20 unblocked columns
+
+
+def test_top_keys_mask_breaks_ties_at_the_cut_like_topk() -> None:
+    keys = torch.tensor([[0.5, 0.2, 0.5, -1.0, 0.1], [0.3, 0.3, 0.3, 0.3, -1.0]])
+    mask = top_keys_mask(keys, 2)
+    assert mask[0].tolist() == [True, False, True, False, False]
+    assert mask[1].sum() == 2 and not mask[1, 4]  # 2 of the 4 tied keys, never the blocked one
+    assert top_keys_mask(keys, 5).tolist() == (keys >= 0).tolist()
+
+
+def test_rrd_loss_mask_path_equals_list_path() -> None:
+    g = torch.Generator().manual_seed(4)
+    anchors = torch.randn(6, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    table = torch.randn(25, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    interesting = torch.randint(0, 25, (6, 4), generator=g)
+    lists = sample_uninteresting(6, 25, user_item_lists(Interactions.empty(), 6), 5, g)
+    lists[0, 3:] = -1  # padding
+    mask = torch.zeros(6, 26, dtype=torch.bool)
+    mask.scatter_(1, torch.where(lists >= 0, lists.long(), 25), True)
+    by_lists = rrd_loss(anchors, table, interesting, lists)
+    by_mask = rrd_loss(anchors, table, interesting, mask[:, :25])
+    assert by_mask.item() == pytest.approx(by_lists.item(), rel=1e-12)
+    grads_lists = torch.autograd.grad(by_lists, (anchors, table))
+    grads_mask = torch.autograd.grad(by_mask, (anchors, table))
+    for a, b in zip(grads_mask, grads_lists, strict=True):
+        assert torch.allclose(a, b, atol=1e-12)

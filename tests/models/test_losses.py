@@ -7,14 +7,18 @@ import math
 import pytest
 import torch
 
+from models import losses
 from models.losses import (
     ImitationWeightNet,
+    anchored_logsumexp,
     annealed_weight,
     apply_imitation_weights,
     bpr_loss,
     cluster_loss,
     contrastive_kd_term,
+    kept_score_logsumexp,
     relaxed_ranking_loss,
+    relaxed_ranking_loss_from_lse,
     replay_bce_loss,
     retention_kl,
 )
@@ -147,3 +151,48 @@ def test_replay_bce_annealing_and_retention_kl() -> None:
     got = retention_kl(present, before, torch.tensor([0, 0, 2]), 3)
     want0 = (0.25 * math.log(0.25 / 0.2) + 0.05 * math.log(0.05 / 0.1)) / 2
     assert got.tolist() == pytest.approx([want0, 0.0, 0.4 * math.log(0.4 / 0.5)], rel=1e-5)
+
+
+def test_kept_score_logsumexp_matches_clamp_mask_logsumexp() -> None:
+    """The fused dense path of RRD equals clamp -> masked_fill(-inf) -> logsumexp, values and
+    gradients, including clamped scores (> 10) and a row that keeps nothing."""
+    g = torch.Generator().manual_seed(0)
+    anchors = (3 * torch.randn(5, 3, generator=g, dtype=torch.float64)).requires_grad_()
+    table = (3 * torch.randn(9, 3, generator=g, dtype=torch.float64)).requires_grad_()
+    keep = torch.rand(5, 9, generator=g) < 0.6
+    keep[0] = False
+    scores = anchors @ table.T
+    assert (scores[keep] > 10).any() and (scores[keep] < 10).any()
+    want = torch.logsumexp(scores.clamp(max=10.0).masked_fill(~keep, -math.inf), dim=1)
+    got = kept_score_logsumexp(anchors, table, keep)
+    assert got[0].item() == -math.inf
+    assert torch.allclose(got[1:], want[1:], atol=1e-12)
+    weights = torch.arange(1.0, 5.0, dtype=torch.float64)
+    want_grads = torch.autograd.grad((want[1:] * weights).sum(), (anchors, table))
+    got_grads = torch.autograd.grad((got[1:] * weights).sum(), (anchors, table))
+    for a, b in zip(got_grads, want_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-12)
+    # Through the RRD formula the empty row contributes a finite, zero gradient.
+    inter = anchors[:, :2] * 0.5
+    loss = relaxed_ranking_loss_from_lse(inter, kept_score_logsumexp(anchors, table, keep)).sum()
+    ref = relaxed_ranking_loss(inter, scores, keep).sum()
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-12)
+    loss.backward()
+    assert torch.isfinite(anchors.grad).all() and torch.isfinite(table.grad).all()
+
+
+@pytest.mark.parametrize("keep_limit", [10**9, 1])
+def test_anchored_logsumexp_kept_and_recomputed_backward(monkeypatch, keep_limit: int) -> None:
+    """Both backward modes (logits kept, or recomputed per chunk) give logsumexp's gradients."""
+    monkeypatch.setattr(losses, "KEEP_LOGITS_LIMIT", keep_limit)
+    g = torch.Generator().manual_seed(1)
+    anchors = torch.randn(7, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    cands = torch.randn(11, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    got = anchored_logsumexp(anchors, cands, tau=5.0, chunk=3)
+    want = torch.logsumexp(anchors @ cands.T / 5.0, dim=1)
+    assert torch.allclose(got, want, atol=1e-12)
+    weights = torch.linspace(-1.0, 2.0, 7, dtype=torch.float64)
+    got_grads = torch.autograd.grad((got * weights).sum(), (anchors, cands))
+    want_grads = torch.autograd.grad((want * weights).sum(), (anchors, cands))
+    for a, b in zip(got_grads, want_grads, strict=True):
+        assert torch.allclose(a, b, atol=1e-12)

@@ -11,6 +11,7 @@ import torch
 from models.api import Interactions
 from models.graph import normalized_adjacency
 from models.members import BPRMF, LightGCN, MultVAE, build_member
+from models.members.lightgcn import bipartite_halves
 
 TRAIN = Interactions(torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 1, 2]))
 
@@ -191,3 +192,71 @@ def test_vae_grows_users_only_and_round_trips() -> None:
     assert torch.equal(clone.export().users, vae.export().users)
     with pytest.raises(NotImplementedError):
         vae.bpr_loss(torch.tensor([0]), torch.tensor([0]), torch.tensor([1]))
+
+
+def test_lightgcn_gradients_match_the_dense_propagation() -> None:
+    """The symmetric-adjacency backward gives the gradients of the dense formula."""
+    member = LightGCN(3, 3, 4, seed=2)
+    member.set_graph(TRAIN)
+    adj = normalized_adjacency(TRAIN, 3, 3).to_dense()
+    ego = torch.cat([member.user_table.weight, member.item_table.weight]).detach()
+    ego.requires_grad_(True)
+    final = (ego + adj @ ego + adj @ adj @ ego) / 3
+    users, pos, neg = (
+        torch.tensor([0, 1, 2]),
+        torch.tensor([0, 1, 2]),
+        torch.tensor([[2], [0], [1]]),
+    )
+    want = -torch.nn.functional.logsigmoid(
+        (final[users] * final[3 + pos]).sum(-1, keepdim=True)
+        - torch.einsum("nd,nmd->nm", final[users], final[3 + neg])
+    ).sum()
+    want.backward()
+    member.bpr_loss(users, pos, neg).backward()
+    assert torch.allclose(member.user_table.weight.grad, ego.grad[:3], atol=1e-7)
+    assert torch.allclose(member.item_table.weight.grad, ego.grad[3:], atol=1e-7)
+
+
+@pytest.mark.parametrize("kind", ["mf", "lightgcn"])
+def test_layers_and_final_is_one_propagation_of_both(kind: str) -> None:
+    member = build_member(kind, 3, 3, 4, seed=3)
+    member.set_graph(TRAIN)
+    layers, final = member.layers_and_final()
+    for (u, i), (u2, i2) in zip(layers, member.layer_embeddings(), strict=True):
+        assert torch.equal(u, u2) and torch.equal(i, i2)
+    assert all(
+        torch.allclose(a, b, atol=1e-7) for a, b in zip(final, member.embeddings(), strict=True)
+    )
+    users, pos, neg = torch.tensor([0, 2]), torch.tensor([1, 2]), torch.tensor([2, 0])
+    assert member.bpr_loss(users, pos, neg, final).item() == pytest.approx(
+        member.bpr_loss(users, pos, neg).item(), rel=1e-6
+    )
+
+
+def test_vae_forward_rows_on_weighted_inputs() -> None:
+    vae = MultVAE(4, 5, 3, seed=1, eval_noise=False)
+    vae.set_graph(TRAIN)
+    vae.eval()
+    binary = torch.tensor([[1.0, 1.0, 0.0, 0.0, 0.0]])  # user 0's train row
+    logits, mean, logstd = vae.forward_rows(binary, sample=False)
+    assert torch.allclose(logits, vae.full_scores(torch.tensor([0])), atol=1e-6)
+    weighted = torch.tensor([[1.0, 0.0, 0.1, 0.0, 0.0]])  # a replay pseudo-label
+    x = weighted / weighted.norm()
+    hidden = torch.tanh(x @ vae.encoder.weight.T + vae.encoder.bias)
+    want_mean = hidden @ vae.w_mean.weight.T + vae.w_mean.bias
+    logits, mean, logstd = vae.forward_rows(weighted, sample=False)
+    assert torch.allclose(mean, want_mean, atol=1e-6)
+    assert torch.allclose(logits, vae.decoder(want_mean), atol=1e-6)
+    torch.manual_seed(0)
+    noisy, _, _ = vae.forward_rows(weighted)  # uniform_noise: latent = mean + U[0,1) std
+    torch.manual_seed(0)
+    noise = torch.rand_like(logstd)
+    assert torch.allclose(noisy, vae.decoder(mean + noise * logstd.exp()), atol=1e-6)
+
+
+def test_bipartite_halves_are_the_blocks_of_the_normalised_adjacency() -> None:
+    train = Interactions(torch.tensor([0, 0, 1, 2, 2, 0]), torch.tensor([0, 1, 1, 2, 0, 0]))
+    adj = normalized_adjacency(train, 4, 3).to_dense()
+    user_item, item_user = bipartite_halves(train, 4, 3)
+    assert torch.allclose(user_item.to_dense(), adj[:4, 4:], atol=1e-7)
+    assert torch.allclose(item_user.to_dense(), adj[4:, :4], atol=1e-7)

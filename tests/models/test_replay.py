@@ -11,6 +11,8 @@ from models.api import Interactions
 from models.data import user_item_lists
 from models.replay import (
     ReplaySet,
+    column_ranks,
+    descending_order,
     fill_rows_,
     pool_max,
     rank_matrix,
@@ -115,3 +117,21 @@ def test_pool_max_and_batches() -> None:
 def test_sample_replay_nothing_to_draw(n_samples: int) -> None:
     src = lambda users: torch.zeros(users.numel(), 4)  # noqa: E731
     assert len(sample_replay(src, src, torch.arange(3), n_samples, 2, 1e-4)) == 0
+
+
+def stable_descending(scores: torch.Tensor) -> torch.Tensor:
+    return torch.sort(scores, dim=1, descending=True, stable=True).indices
+
+
+def test_descending_order_and_column_ranks_equal_a_stable_sort() -> None:
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(6, 300, generator=g).round(decimals=1)  # many ties
+    scores[0, :4] = torch.tensor([0.0, -0.0, -math.inf, math.inf])
+    scores[1] = 1e-40  # one tie group of subnormals
+    order = stable_descending(scores)
+    assert torch.equal(descending_order(scores), order)
+    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(300).expand_as(order))
+    assert torch.equal(rank_matrix(scores), ranks)
+    columns = torch.randint(0, 300, (6, 40), generator=g)
+    columns[0, :4] = torch.arange(4)
+    assert torch.equal(column_ranks(scores, columns), ranks.gather(1, columns))

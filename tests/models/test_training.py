@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from models.training import fit
+from models.training import adam, fit
 
 
 class Recorder:
@@ -56,3 +56,33 @@ def test_fit_without_validation_keeps_the_last_state() -> None:
     result = fit(rec.train_epoch, None, rec.module, max_epochs=3, eval_every=1, patience=1)
     assert result.epochs_run == 3 and result.best_epoch == 2
     assert rec.module.weight.item() == 2.0
+
+
+def test_adam_helper_matches_torch_adam() -> None:
+    """The fused kernel performs the same Adam + L2 update as the reference loop."""
+    g = torch.Generator().manual_seed(0)
+    start = torch.randn(50, 8, generator=g)
+    grads = [torch.randn(50, 8, generator=g) for _ in range(5)]
+    params = [nn.Parameter(start.clone()), nn.Parameter(start.clone())]
+    optimizers = [
+        adam([params[0]], 1e-2, 1e-4),
+        torch.optim.Adam([params[1]], 1e-2, weight_decay=1e-4),
+    ]
+    for grad in grads:
+        for param, optimizer in zip(params, optimizers, strict=True):
+            param.grad = grad.clone()
+            optimizer.step()
+    assert not torch.equal(params[0].detach(), start)
+    assert torch.allclose(params[0], params[1], atol=1e-6)
+
+
+def test_fit_can_skip_the_epochs_after_the_last_evaluation() -> None:
+    """Same selected state and score as running all 10 epochs, but epochs 6..9 are not run."""
+    full, short = Recorder([0.1] * 5 + [0.2] * 5), Recorder([0.1] * 5 + [0.2] * 5)
+    want = fit(full.train_epoch, full.validate, full.module, 10, eval_every=5, patience=2)
+    got = fit(short.train_epoch, short.validate, short.module, 10, 5, 2, skip_unselectable=True)
+    assert (got.best_epoch, got.best_score) == (want.best_epoch, want.best_score) == (5, 0.2)
+    assert got.epochs_run == 6 and short.module.weight.item() == full.module.weight.item() == 5.0
+    no_valid = Recorder([])
+    result = fit(no_valid.train_epoch, None, no_valid.module, 10, 5, 2, skip_unselectable=True)
+    assert result.epochs_run == 10  # without validation the last state is kept: all epochs run
