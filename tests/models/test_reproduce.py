@@ -1,0 +1,261 @@
+"""``ccd replay`` (models/reproduce.py, models/report.py): the protocol end to end on a tiny
+synthetic block file, and the pieces whose answers can be worked out by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.api import BlockData, Interactions
+from models.data import load_block_file, split_block
+from models.metrics import ContinualMatrix, SizedScorer, ranking_metrics
+from models.report import hmean_gains, jsonable, summarize_matrix
+from models.reproduce import (
+    METHODS,
+    ReplayOptions,
+    build_config,
+    main,
+    new_user_ids,
+    parse_args,
+    parse_override,
+)
+
+N_CLUSTERS = 4
+# The "stream" preset made smaller still, so the whole protocol takes seconds.
+TINY = [
+    "--set", "base_epochs=6",
+    "--set", "kd_epochs=3",
+    "--set", "student_epochs=3",
+    "--set", "teacher_epochs=2",
+    "--set", "kd_uninteresting_items=100",
+    "--set", "kd_uninteresting_users=100",
+]  # fmt: skip
+
+
+def write_blocks(path: Path, n_blocks: int = 3, seed: int = 0) -> None:
+    """A clustered stream: user u likes items of cluster u % 4; 150 users and 240 items in D0,
+    then 30 new users and 40 new items per block (chronological ids) plus 60 returning users."""
+    rng = np.random.default_rng(seed)
+    lines = ["block\tsplit\tuser\titem"]
+    n_users, n_items = 150, 240
+    for b in range(n_blocks):
+        if b:
+            returning = rng.choice(n_users, 60, replace=False)
+            n_users, n_items = n_users + 30, n_items + 40
+            active = np.concatenate([returning, np.arange(n_users - 30, n_users)])
+        else:
+            active = np.arange(n_users)
+        users, items = [], []
+        for u in active:
+            pool = np.arange(u % N_CLUSTERS, n_items, N_CLUSTERS)
+            chosen = rng.choice(pool, int(rng.integers(10, 18)), replace=False)
+            users += [int(u)] * len(chosen)
+            items += chosen.tolist()
+        block = split_block(torch.tensor(users), torch.tensor(items), n_users, n_items, b, seed + b)
+        for split in ("train", "valid", "test"):
+            part = getattr(block, split)
+            lines += [
+                f"{b}\t{split}\t{u}\t{i}"
+                for u, i in zip(part.users.tolist(), part.items.tolist(), strict=True)
+            ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def replay_run(tmp_path_factory) -> tuple[Path, Path]:
+    """Two blocks, then ``--resume`` to the third: a partial and a resumed run in one."""
+    root = tmp_path_factory.mktemp("replay")
+    data = root / "interactions.tsv"
+    write_blocks(data)
+    out = root / "results"
+    args = ["--dataset", str(data), "--out", str(out), "--preset", "stream", *TINY]
+    assert main([*args, "--blocks", "2"]) == 0
+    partial = json.loads((out / "summary.json").read_text())
+    assert sorted(partial["ccd"]["student"]) == ["0", "1"]
+    assert "complete, 2 of 2 blocks evaluated" in (out / "README.md").read_text()
+    assert main([*args, "--resume"]) == 0
+    return data, out
+
+
+def test_results_folder_has_every_file(replay_run) -> None:
+    _, out = replay_run
+    for name in (
+        "summary.json",
+        "matrices.json",
+        "new_users.json",
+        "timings.json",
+        "blocks.json",
+        "config.json",
+        "README.md",
+        "run.log",
+        "state/checkpoint.pt",
+        "state/.gitignore",
+    ):
+        assert (out / name).is_file(), name
+    for name in ("hmean_recall20.png", "hmean_ndcg20.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    readme = (out / "README.md").read_text()
+    assert "complete, 3 of 3 blocks evaluated" in readme
+    assert "ccd replay --dataset" in readme
+    assert "CPU:" in readme and "torch " in readme and "Parameter counts" in readme
+
+
+def test_summary_covers_every_method_role_block_within_unit_range(replay_run) -> None:
+    _, out = replay_run
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(summary) == sorted(METHODS)
+    for method in METHODS:
+        assert sorted(summary[method]) == ["student", "teacher"]
+        for role in ("teacher", "student"):
+            assert sorted(summary[method][role]) == ["0", "1", "2"]
+            for k, entry in summary[method][role].items():
+                for metric in ("recall@20", "ndcg@20"):
+                    values = entry[metric]
+                    assert set(values) == {
+                        "la", "ra", "hmean", "la_with_d0", "ra_with_d0", "hmean_with_d0"
+                    }  # fmt: skip
+                    defined = [v for v in values.values() if v is not None]
+                    assert all(0.0 <= v <= 1.0 for v in defined)
+                    # excl. D0: H from D2 on; incl. D0: from D1 on.
+                    assert (values["hmean"] is not None) == (int(k) >= 2)
+                    assert (values["hmean_with_d0"] is not None) == (int(k) >= 1)
+
+
+def test_summary_agrees_with_the_matrices(replay_run) -> None:
+    _, out = replay_run
+    summary = json.loads((out / "summary.json").read_text())
+    matrices = json.loads((out / "matrices.json").read_text())
+    R = matrices["ccd"]["student"]["recall@20"]
+    la = (R["1"]["1"] + R["2"]["2"]) / 2
+    ra = R["2"]["1"]
+    la0 = (R["0"]["0"] + R["1"]["1"] + R["2"]["2"]) / 3
+    ra0 = (R["2"]["0"] + R["2"]["1"]) / 2
+    entry = summary["ccd"]["student"]["2"]["recall@20"]
+    assert entry["la"] == pytest.approx(la) and entry["ra"] == pytest.approx(ra)
+    assert entry["hmean"] == pytest.approx(2 * la * ra / (la + ra))
+    assert entry["la_with_d0"] == pytest.approx(la0) and entry["ra_with_d0"] == pytest.approx(ra0)
+    # D0 is shared by every method; frozen never changes; ft's teacher is teacher_ft's.
+    for method in METHODS:
+        for role in ("teacher", "student"):
+            assert (
+                matrices[method][role]["recall@20"]["0"] == matrices["ccd"][role]["recall@20"]["0"]
+            )
+    frozen = matrices["frozen"]["student"]["ndcg@20"]
+    assert frozen["0"]["0"] == frozen["1"]["0"] == frozen["2"]["0"]
+    assert frozen["1"]["1"] == frozen["2"]["1"]
+    assert matrices["ft"]["teacher"] == matrices["teacher_ft"]["teacher"]
+    assert matrices["ccd"]["student"]["recall@20"]["2"] != frozen["2"]  # CCD did update
+
+
+def test_ccd_student_beats_a_random_model(replay_run) -> None:
+    data, out = replay_run
+    blocks = load_block_file(data)
+    R = json.loads((out / "matrices.json").read_text())["ccd"]["student"]["recall@20"]
+    gen = torch.Generator().manual_seed(0)
+    ours, chance = [], []
+    for k, block in enumerate(blocks):
+        scorer = SizedScorer(
+            lambda users, n=block.n_items: torch.rand(users.numel(), n, generator=gen),
+            block.n_users,
+            block.n_items,
+        )
+        chance.append(ranking_metrics(scorer, block.test, [block.train, block.valid])["recall@20"])
+        ours.append(R[str(k)][str(k)])
+    # Random Recall@20 is about 20 / n_items (0.06-0.08 here).
+    assert all(r > 2 * c for r, c in zip(ours, chance, strict=True)), (ours, chance)
+    assert sum(ours) / len(ours) > 2 * sum(chance) / len(chance) + 0.05, (ours, chance)
+
+
+def test_new_users_and_timings_are_recorded(replay_run) -> None:
+    _, out = replay_run
+    new_users = json.loads((out / "new_users.json").read_text())
+    config = json.loads((out / "config.json").read_text())
+    assert [b["new_users"] for b in config["block_stats"]] == [150, 30, 30]
+    for k in ("1", "2"):
+        assert new_users["ccd"]["student"][k]["users"] > 0
+        assert new_users["frozen"]["student"][k]["users"] == 0  # unknown to D_0: skipped
+    timings = json.loads((out / "timings.json").read_text())
+    assert {"base_teachers", "distill", "evaluate", "cpu"} <= set(timings["0"]["base"])
+    assert {"student_update", "teacher_update", "distill", "cpu"} <= set(timings["2"]["ccd"])
+    assert config["params"]["ccd"]["teacher"] > config["params"]["ccd"]["student"] > 0
+
+
+# -- pieces worked out by hand -----------------------------------------------------------------
+def _inter(users: list[int], items: list[int]) -> Interactions:
+    return Interactions(torch.tensor(users), torch.tensor(items))
+
+
+def test_new_user_ids_are_first_appearances_in_any_split() -> None:
+    empty = Interactions.empty()
+    blocks = [
+        BlockData(0, 3, 5, _inter([0, 1], [0, 1]), empty, _inter([2], [1])),
+        BlockData(1, 5, 5, _inter([1, 4], [2, 2]), _inter([3], [2]), empty),
+        BlockData(2, 6, 5, _inter([4, 5, 0], [3, 3, 3]), empty, empty),
+    ]
+    assert [t.tolist() for t in new_user_ids(blocks)] == [[0, 1, 2], [3, 4], [5]]
+
+
+def test_summarize_matrix_both_conventions() -> None:
+    matrix = ContinualMatrix()
+    values = {(0, 0): 0.4, (1, 0): 0.2, (1, 1): 0.6, (2, 0): 0.1, (2, 1): 0.3, (2, 2): 0.5}
+    for (k, j), v in values.items():
+        matrix.record(k, j, {"recall@20": v})
+    summary = summarize_matrix(matrix, ["recall@20"])
+    at1, at2 = summary["1"]["recall@20"], summary["2"]["recall@20"]
+    # incl. D0 after D1: LA = (0.4 + 0.6) / 2, RA = 0.2, H = 2 * 0.5 * 0.2 / 0.7.
+    assert at1["la_with_d0"] == pytest.approx(0.5) and at1["ra_with_d0"] == pytest.approx(0.2)
+    assert at1["hmean_with_d0"] == pytest.approx(0.2 / 0.7)
+    assert at1["la"] == pytest.approx(0.6) and at1["ra"] is None and at1["hmean"] is None
+    # excl. D0 after D2: LA = (0.6 + 0.5) / 2 = 0.55, RA = 0.3.
+    assert at2["la"] == pytest.approx(0.55) and at2["ra"] == pytest.approx(0.3)
+    assert at2["hmean"] == pytest.approx(2 * 0.55 * 0.3 / 0.85)
+    assert at2["ra_with_d0"] == pytest.approx(0.2)
+    assert summary["0"]["recall@20"]["la_with_d0"] == pytest.approx(0.4)
+
+
+def test_hmean_gain_is_against_the_best_baseline() -> None:
+    def entry(h):
+        return {"recall@20": {"hmean": h}}
+
+    summary = {
+        "ccd": {"student": {"1": entry(0.30), "2": entry(None)}},
+        "ft": {"student": {"1": entry(0.25), "2": entry(0.2)}},
+        "frozen": {"student": {"1": entry(0.28)}},
+    }
+    gains = hmean_gains(summary, "student", "recall@20", "hmean")
+    assert gains.keys() == {1}
+    assert gains[1][0] == pytest.approx(0.02) and gains[1][1] == "frozen"
+
+
+def test_parse_override_types() -> None:
+    assert parse_override("kd_epochs=3") == ("kd_epochs", 3)
+    assert parse_override("kd_lr=1") == ("kd_lr", 1.0)
+    assert parse_override("piw=false") == ("piw", False)
+    assert parse_override("entity_init=random") == ("entity_init", "random")
+    assert parse_override("teacher_kinds=mf, lightgcn") == ("teacher_kinds", ("mf", "lightgcn"))
+    with pytest.raises(Exception, match="FIELD=VALUE"):
+        parse_override("no_such_field=1")
+
+
+def test_options_and_config() -> None:
+    options = parse_args(["--dataset", "yelp", "--epochs-scale", "0.5", "--set", "kd_epochs=7"])
+    assert options.preset == "yelp" and options.methods == list(METHODS)
+    assert options.out == Path("runs/replay-yelp")
+    cfg = build_config(options)
+    # base 100 and student/teacher 10 halved; the explicit --set wins over the scale.
+    assert (cfg.base_epochs, cfg.student_epochs, cfg.teacher_epochs, cfg.kd_epochs) == (50, 5, 5, 7)
+    assert cfg.teacher_dim == 128 and cfg.for_block(1).student_replay_abs == 50
+    quick = build_config(ReplayOptions("x.tsv", Path("o"), ["ccd"], "stream", quick=True))
+    assert quick.base_eval_every == 3 and quick.teacher_dim == 32
+    with pytest.raises(SystemExit):
+        parse_args(["--dataset", "yelp", "--methods", "ccd,nope"])
+
+
+def test_jsonable_replaces_non_finite_floats() -> None:
+    data = {"a": math.inf, "b": (1, math.nan), 3: {"c": 0.5}}
+    assert jsonable(data) == {"a": None, "b": [1, None], "3": {"c": 0.5}}
