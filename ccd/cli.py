@@ -264,10 +264,11 @@ def _serve(settings: Any) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     settings = load_settings(_overrides(args, *_TRAINER_FIELDS))
     configure_logging(settings.log_level)
-    from trainer.process import run_trainer
-
+    # Before the slow torch import: a SIGTERM during start-up must stop cleanly, not kill.
     stop = threading.Event()
     _stop_on_sigterm(stop)  # `docker stop` ends the trainer between steps, not mid-write
+    from trainer.process import run_trainer
+
     run_trainer(settings, stop=stop)
     return 0
 
