@@ -138,6 +138,7 @@ class FineTuneLearner:
             epochs,
             cfg.eval_every,
             cfg.patience,
+            skip_unselectable=True,
         )
 
     def student(self) -> Embeddings:

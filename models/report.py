@@ -350,10 +350,11 @@ def markdown_report(results: RunResults, summary: Mapping[str, Any], plots: Sequ
         lines += _metric_table(summary, role, "_with_d0", 1) + [""]
         lines += [f"## {role.capitalize()}: LA / RA / H-mean, excl. D0", ""]
         lines += _metric_table(summary, role, "", 2) + [""]
-    lines += ["## New users (first seen in block k, on block k's test set)", ""]
+    lines += ["## New users of block k, on block k's test set", ""]
     lines += [
-        "A model that does not know a user skips it (§4.1), so `frozen` evaluates no new "
-        "users (–), and its R[k][j] for j >= 1 covers only users seen in D0.",
+        "New users of D_k are those with an id >= D_{k-1}'s user count (ids are chronological; "
+        "the code's definition). A model skips users beyond its tables (§4.1), so `frozen` "
+        "evaluates none of them (–), and its R[k][j] for j >= 1 covers only D0's id range.",
         "",
     ]
     lines += _new_user_table(results) + [""]

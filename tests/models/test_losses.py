@@ -196,3 +196,20 @@ def test_anchored_logsumexp_kept_and_recomputed_backward(monkeypatch, keep_limit
     want_grads = torch.autograd.grad((want * weights).sum(), (anchors, cands))
     for a, b in zip(got_grads, want_grads, strict=True):
         assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_kept_score_logsumexp_when_dropped_columns_dominate() -> None:
+    """Kept scores ~105 below a dropped one: the shift by the overall max underflows, so the
+    row is recomputed with its kept max (float32, as in training)."""
+    anchors = torch.ones(2, 1, requires_grad=True)
+    table = torch.tensor([[12.0], [-95.0], [-100.0]], requires_grad=True)
+    keep = torch.tensor([[False, True, True], [True, True, False]])
+    got = kept_score_logsumexp(anchors, table, keep)
+    scores = (anchors @ table.T).clamp(max=10.0).masked_fill(~keep, -math.inf)
+    want = torch.logsumexp(scores, dim=1)
+    assert got[0].item() == pytest.approx(-95 + math.log1p(math.exp(-5)), rel=1e-6)
+    assert torch.allclose(got, want, rtol=1e-6)
+    got_grads = torch.autograd.grad(got.sum(), (anchors, table))
+    want_grads = torch.autograd.grad(want.sum(), (anchors, table))
+    for a, b in zip(got_grads, want_grads, strict=True):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -185,19 +185,36 @@ def test_new_users_and_timings_are_recorded(replay_run) -> None:
     assert config["params"]["ccd"]["teacher"] > config["params"]["ccd"]["student"] > 0
 
 
+def test_ft_alone_still_trains_its_teacher(replay_run, tmp_path) -> None:
+    data, _ = replay_run
+    out = tmp_path / "ft"
+    args = ["--dataset", str(data), "--out", str(out), "--methods", "ft", "--blocks", "2"]
+    assert main([*args, "--preset", "stream", "--no-checkpoint", *TINY]) == 0
+    matrices = json.loads((out / "matrices.json").read_text())
+    assert list(matrices) == ["ft"] and not (out / "state").exists()
+    teacher = matrices["ft"]["teacher"]["ndcg@20"]
+    assert teacher["1"]["0"] != teacher["0"]["0"]  # the teacher was fine-tuned on D1
+
+
+def test_missing_dataset_is_an_error(tmp_path, capsys) -> None:
+    assert main(["--dataset", str(tmp_path / "nope.tsv"), "--out", str(tmp_path / "o")]) == 2
+    assert "no block file" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
 # -- pieces worked out by hand -----------------------------------------------------------------
 def _inter(users: list[int], items: list[int]) -> Interactions:
     return Interactions(torch.tensor(users), torch.tensor(items))
 
 
-def test_new_user_ids_are_first_appearances_in_any_split() -> None:
+def test_new_users_have_ids_beyond_the_previous_block() -> None:
     empty = Interactions.empty()
     blocks = [
-        BlockData(0, 3, 5, _inter([0, 1], [0, 1]), empty, _inter([2], [1])),
-        BlockData(1, 5, 5, _inter([1, 4], [2, 2]), _inter([3], [2]), empty),
-        BlockData(2, 6, 5, _inter([4, 5, 0], [3, 3, 3]), empty, empty),
+        BlockData(0, 4, 5, _inter([0, 1], [0, 1]), empty, _inter([2], [1])),  # id 3 unused
+        BlockData(1, 6, 5, _inter([1, 3, 4], [2, 2, 2]), _inter([5], [2]), empty),
+        BlockData(2, 7, 5, _inter([4, 6, 0], [3, 3, 3]), empty, empty),
     ]
-    assert [t.tolist() for t in new_user_ids(blocks)] == [[0, 1, 2], [3, 4], [5]]
+    # User 3 has an id below D0's size (its D0 rows were filtered out): not new in D1.
+    assert [t.tolist() for t in new_user_ids(blocks)] == [[0, 1, 2], [4, 5], [6]]
 
 
 def test_summarize_matrix_both_conventions() -> None:
@@ -251,7 +268,7 @@ def test_options_and_config() -> None:
     assert (cfg.base_epochs, cfg.student_epochs, cfg.teacher_epochs, cfg.kd_epochs) == (50, 5, 5, 7)
     assert cfg.teacher_dim == 128 and cfg.for_block(1).student_replay_abs == 50
     quick = build_config(ReplayOptions("x.tsv", Path("o"), ["ccd"], "stream", quick=True))
-    assert quick.base_eval_every == 3 and quick.teacher_dim == 32
+    assert quick.base_eval_every == 2 and quick.kd_epochs == 3 and quick.teacher_dim == 32
     with pytest.raises(SystemExit):
         parse_args(["--dataset", "yelp", "--methods", "ccd,nope"])
 
