@@ -75,6 +75,13 @@ class FineTuneLearner:
         self.member: Member | None = None
         self.blocks_seen = 0
 
+    def continue_from(self, member: Member, blocks_seen: int) -> None:
+        """Fine-tune ``member`` from now on, as if it had been learned from ``blocks_seen``
+        blocks (FT starting from a distilled student)."""
+        if member.kind != self.config.kind:
+            raise ValueError(f"a {self.config.kind!r} learner cannot continue a {member.kind!r}")
+        self.member, self.blocks_seen = member, blocks_seen
+
     def learn_block(self, block: BlockData) -> BlockReport:
         started = time.perf_counter()
         cfg = self.config

@@ -85,6 +85,17 @@ class TeacherFineTuneLearner:
         self.window: BlockData | None = None
         self.blocks_seen = 0
 
+    @classmethod
+    def after_base(
+        cls, config: CCDConfig, teachers: list[Member], student: Member, block0: BlockData
+    ) -> TeacherFineTuneLearner:
+        """The learner as if it had learned ``block0`` into these base teachers and student
+        (the replay runner forks one shared base training into each method)."""
+        learner = cls(config)
+        learner.teachers, learner.member, learner.window = teachers, student, block0
+        learner.blocks_seen = 1
+        return learner
+
     def learn_block(self, block: BlockData) -> BlockReport:
         cfg = self.config.for_block(self.blocks_seen)
         seed = cfg.seed * 100_003 + self.blocks_seen * 101

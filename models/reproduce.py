@@ -129,12 +129,12 @@ class TeacherFineTuneMethod:
 
     @classmethod
     def fork(cls, base: CCDLearner, block0: BlockData) -> TeacherFineTuneMethod:
-        learner = TeacherFineTuneLearner(base.config)
-        learner.teachers = copy.deepcopy(base.teachers)
-        learner.member = copy.deepcopy(base.distilled)
-        learner.window = block0
-        learner.blocks_seen = 1
-        return cls(learner)
+        assert base.distilled is not None
+        return cls(
+            TeacherFineTuneLearner.after_base(
+                base.config, copy.deepcopy(base.teachers), copy.deepcopy(base.distilled), block0
+            )
+        )
 
     def learn_block(self, block: BlockData) -> BlockReport:
         return self.learner.learn_block(block)
@@ -185,8 +185,8 @@ class FineTuneMethod:
             eval_every=cfg.eval_every,
             patience=cfg.patience,
         )
-        student.member = copy.deepcopy(base.current)
-        student.blocks_seen = 1
+        assert base.current is not None
+        student.continue_from(copy.deepcopy(base.current), blocks_seen=1)
         return cls(student, teacher, trains_teacher)
 
     def learn_block(self, block: BlockData) -> BlockReport:

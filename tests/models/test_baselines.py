@@ -11,6 +11,7 @@ import torch
 from models.api import BlockData, Embeddings
 from models.baselines import FineTuneLearner
 from models.data import split_block
+from models.members import build_member
 from models.metrics import embedding_scorer, ranking_metrics
 
 N_USERS, N_ITEMS, PER_USER = 500, 350, 10
@@ -112,3 +113,16 @@ def test_five_thousand_events_train_in_seconds() -> None:
     report = learner.learn_block(block)
     assert report.info["epochs_run"] == 10
     assert time.perf_counter() - started < 20.0  # ~1 s on one free core; generous for shared CI
+
+
+def test_continue_from_fine_tunes_the_given_member_and_refuses_another_kind() -> None:
+    block = split_block(torch.arange(60).repeat(3), torch.randint(0, 40, (180,)), 60, 40, 1, 0)
+    member = build_member("mf", 60, 40, 8, seed=0)
+    before = member.user_table.weight.detach().clone()
+    learner = FineTuneLearner(dim=8, kind="mf", epochs=2)
+    learner.continue_from(member, blocks_seen=1)
+    learner.learn_block(block)
+    assert learner.member is member and learner.blocks_seen == 2
+    assert not torch.equal(member.user_table.weight, before)  # trained in place
+    with pytest.raises(ValueError, match="cannot continue"):
+        FineTuneLearner(kind="lightgcn").continue_from(member, blocks_seen=1)

@@ -11,7 +11,6 @@ from models.api import BlockData, Interactions
 from models.ccd import CCDConfig, CCDLearner
 from models.data import split_block, user_item_lists
 from models.distilled_baselines import FrozenStudentLearner, TeacherFineTuneLearner
-from models.ensemble import rank_ensemble_scorer
 from models.members import build_member
 from models.metrics import embedding_scorer, ranking_metrics
 from models.teacher_update import (
@@ -21,8 +20,8 @@ from models.teacher_update import (
     TeacherWindow,
     ensemble_scorer,
     similarity_graph,
-    sized_member_scorer,
 )
+from tests.models.test_ensemble import direct_rank_ensemble
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -223,8 +222,8 @@ def test_continual_loss_ui_iu_terms_against_formula() -> None:
     assert member.user_table.weight.grad is not None
 
 
-def test_fast_ensemble_scorer_equals_the_rank_ensemble() -> None:
-    """teacher_update's ensemble (sorted order + per-rank weights) against ensemble.py's."""
+def test_teacher_ensemble_of_members_is_the_rank_ensemble_formula() -> None:
+    """teacher_update's ensemble of members (eval mode, first n_items) against the formula."""
     g = torch.Generator().manual_seed(0)
     train = Interactions(
         torch.randint(0, 30, (200,), generator=g), torch.randint(0, 25, (200,), generator=g)
@@ -234,11 +233,13 @@ def test_fast_ensemble_scorer_equals_the_rank_ensemble() -> None:
         member.set_graph(train)
     with torch.no_grad():
         members[1].item_table.weight[3] = members[1].item_table.weight[7]  # tied scores
-    fast = ensemble_scorer(members, 20, power=0.05)
-    reference = rank_ensemble_scorer([sized_member_scorer(m, 20) for m in members], 0.05)
+    teacher = ensemble_scorer(members, 20, power=0.05)
     users = torch.arange(30)
-    assert (fast.n_users, fast.n_items) == (30, 20)
-    assert torch.allclose(fast(users), reference(users), rtol=0, atol=2e-7)
+    with torch.no_grad():
+        member_scores = [m.full_scores(users)[:, :20] for m in members]
+    assert (teacher.n_users, teacher.n_items) == (30, 20)
+    expected = direct_rank_ensemble(member_scores, 0.05)
+    assert torch.allclose(teacher(users), expected, rtol=0, atol=2e-7)
 
 
 def test_vae_teacher_members_run(stream) -> None:

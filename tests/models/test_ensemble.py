@@ -5,13 +5,33 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.ensemble import rank_ensemble_scorer, ranks_descending
+from models.ensemble import rank_ensemble_scorer
 from models.metrics import SizedScorer
 
 
-def test_ranks_are_positions_in_descending_order() -> None:
-    assert ranks_descending(torch.tensor([[3.0, 1.0, 2.0]])).tolist() == [[0, 2, 1]]
-    assert ranks_descending(torch.tensor([[1.0, 1.0, 0.0]])).tolist() == [[0, 1, 2]]  # stable
+def direct_rank_ensemble(member_scores: list[torch.Tensor], power: float) -> torch.Tensor:
+    """The formula itself: ranks from a stable sort, mean of (1 / (rank + 1)) ** power."""
+    total = torch.zeros_like(member_scores[0])
+    for scores in member_scores:
+        order = torch.sort(scores, dim=1, descending=True, stable=True).indices
+        positions = torch.arange(scores.shape[1]).expand_as(order)
+        ranks = torch.empty_like(order).scatter_(1, order, positions)
+        total += (1.0 / (ranks.float() + 1.0)).pow(power)
+    return total / len(member_scores)
+
+
+def test_ties_rank_by_item_id() -> None:
+    tied = torch.tensor([[1.0, 1.0, 0.0]])  # ranks 0, 1, 2
+    got = rank_ensemble_scorer([lambda u: tied[u]], power=1.0)(torch.tensor([0]))
+    assert got[0].tolist() == pytest.approx([1.0, 1 / 2, 1 / 3])
+
+
+def test_matches_the_formula_on_random_scores_with_ties() -> None:
+    g = torch.Generator().manual_seed(0)
+    members = [torch.randint(0, 6, (7, 40), generator=g).float() for _ in range(3)]  # many ties
+    scorer = rank_ensemble_scorer([lambda u, m=m: m[u] for m in members], power=0.05)
+    users = torch.arange(7)
+    assert torch.allclose(scorer(users), direct_rank_ensemble(members, 0.05), rtol=0, atol=2e-7)
 
 
 @pytest.mark.parametrize("power", [1.0, 0.05])
