@@ -293,6 +293,15 @@ def save_result(result: dict[str, Any], out_dir: Path) -> Path:
     return path
 
 
+def print_and_save(
+    result: dict[str, Any], headers: Sequence[str], rows: Sequence[Sequence[Any]], out_dir: Path
+) -> int:
+    """A one-table benchmark's ending: print the table, save the result; the exit code (0)."""
+    print("\n" + text_table(headers, rows))
+    save_result(result, out_dir)
+    return 0
+
+
 def add_output_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out",

@@ -47,9 +47,8 @@ from bench.common import (
     new_result,
     percentiles,
     pinned,
-    save_result,
+    print_and_save,
     spawn,
-    text_table,
     wait_http,
 )
 
@@ -403,9 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     result = run(args)
-    print("\n" + text_table(HEADERS, table_rows(result)))
-    save_result(result, args.out)
-    return 0
+    return print_and_save(result, HEADERS, table_rows(result), args.out)
 
 
 if __name__ == "__main__":

@@ -46,8 +46,7 @@ from bench.common import (
     markdown_table,
     new_result,
     pinned,
-    save_result,
-    text_table,
+    print_and_save,
     this_process_on,
 )
 
@@ -500,9 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         return produce_child(argv[1:])
     args = build_parser().parse_args(argv)
     result = run(args)
-    print("\n" + text_table(HEADERS, table_rows(result)))
-    save_result(result, args.out)
-    return 0
+    return print_and_save(result, HEADERS, table_rows(result), args.out)
 
 
 if __name__ == "__main__":

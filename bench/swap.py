@@ -29,9 +29,8 @@ from bench.common import (
     cpu_plan,
     markdown_table,
     new_result,
+    print_and_save,
     ratio,
-    save_result,
-    text_table,
     this_process_on,
 )
 from bench.serving import ServerUnderTest, prepare_data_dir
@@ -178,9 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     result = run(args)
-    print("\n" + text_table(HEADERS, table_rows(result)))
-    save_result(result, args.out)
-    return 0
+    return print_and_save(result, HEADERS, table_rows(result), args.out)
 
 
 if __name__ == "__main__":

@@ -34,19 +34,17 @@ def _response(user_id: str, ranked: Ranked, version: int) -> Recommendations:
     )
 
 
-def _recommend(
+def _rank(
     state: ServiceState, user_ids: list[str], k: int, exclude_seen: bool
-) -> tuple[int, list[Recommendations]]:
+) -> tuple[int, list[Ranked]]:
+    """Top-k of each user from one model version (seen items left out on request), counted
+    per strategy in the metrics; returns (version, ranked lists)."""
     model = state.require_model()
     excludes = [state.seen.items_of(user) if exclude_seen else () for user in user_ids]
     ranked = model.recommend_many(user_ids, k, excludes)
     for result in ranked:
         state.metrics.recommendations.labels(result.strategy).inc()
-    responses = [
-        _response(user, result, model.version)
-        for user, result in zip(user_ids, ranked, strict=True)
-    ]
-    return model.version, responses
+    return model.version, ranked
 
 
 def build_router(settings: Settings) -> APIRouter:
@@ -73,17 +71,14 @@ def build_router(settings: Settings) -> APIRouter:
         (`strategy: personalized`); the most popular items for anyone else (`popular`)."""
         # The hot path: ranking one user takes well under a millisecond, less than a thread-pool
         # handoff, so it runs inline; the JSON is built directly from the ranked lists.
-        model = state.require_model()
-        exclude = state.seen.items_of(user_id) if exclude_seen else ()
-        (ranked,) = model.recommend_many([user_id], k, [exclude])
-        state.metrics.recommendations.labels(ranked.strategy).inc()
+        version, (ranked,) = _rank(state, [user_id], k, exclude_seen)
         body = {
             "user_id": user_id,
             "items": [
                 {"item_id": item, "score": float(score)}
                 for item, score in zip(ranked.item_ids, ranked.scores, strict=True)
             ],
-            "model_version": model.version,
+            "model_version": version,
             "strategy": ranked.strategy,
         }
         return Response(orjson.dumps(body), media_type="application/json")
@@ -91,7 +86,11 @@ def build_router(settings: Settings) -> APIRouter:
     @router.post("/recommendations", responses=_NO_MODEL)
     def recommend_batch(state: State, request: batch_request) -> BatchRecommendations:  # type: ignore[valid-type]
         """Recommendations for several users, all from the same model version."""
-        version, responses = _recommend(state, request.user_ids, request.k, request.exclude_seen)
+        user_ids = request.user_ids
+        version, ranked = _rank(state, user_ids, request.k, request.exclude_seen)
+        responses = [
+            _response(user, result, version) for user, result in zip(user_ids, ranked, strict=True)
+        ]
         return BatchRecommendations(model_version=version, results=responses)
 
     return router
