@@ -89,6 +89,9 @@ class NoopLearner:
 # --- producer (child process) -------------------------------------------------------------------
 
 
+SYNTHETIC_EVENTS_PER_SECOND = 1_000_000.0
+
+
 def synthetic_messages(
     n_users: int, n_items: int, seed: int, run: str
 ) -> Iterator[tuple[list[bytes], list[str]]]:
@@ -101,6 +104,9 @@ def synthetic_messages(
         seed=seed,
         batch_size=PRODUCE_BATCH,
         start_time=time.time(),
+        # Dense synthetic time: a backlog of millions of events must stay within the events'
+        # one-day future limit (at the default 10/s, 2.5M events would span ~3 days).
+        events_per_second=SYNTHETIC_EVENTS_PER_SECOND,
     )
     for batch in stream.batches():
         keys = [f"u{u}" for u in batch.users.tolist()]
@@ -220,6 +226,9 @@ def consume_for(trainer: Any, seconds: float, until_events: int | None) -> dict[
             break
         if not thread.is_alive():
             raise RuntimeError("the trainer stopped on its own")
+        if trainer.stats.malformed:  # the rate of the reject path is not what is measured here
+            stop.set()
+            raise RuntimeError(f"{trainer.stats.malformed} benchmark events were rejected")
         time.sleep(SAMPLE_S)
     stop.set()
     thread.join(120)

@@ -75,6 +75,36 @@ class TrainerStats:
         return asdict(self)
 
 
+class WarningThrottle:
+    """Per-message warnings without a log flood: the first ``burst`` are logged one by one,
+    after that at most one summary line per ``interval_s`` (a producer with a bad clock can
+    send millions of rejected events; every one is still counted and dead-lettered)."""
+
+    def __init__(self, burst: int = 20, interval_s: float = 10.0) -> None:
+        self.burst, self.interval_s = burst, interval_s
+        self.seen = 0
+        self.suppressed = 0
+        self._next_summary = 0.0
+
+    def allow(self) -> bool:
+        """Count one occurrence; True if the caller should log it in full."""
+        self.seen += 1
+        if self.seen <= self.burst:
+            if self.seen == self.burst:
+                self._next_summary = time.monotonic() + self.interval_s
+            return True
+        self.suppressed += 1
+        return False
+
+    def summary(self) -> int:
+        """Occurrences not logged since the last summary, if one is due now (else 0)."""
+        if self.suppressed == 0 or time.monotonic() < self._next_summary:
+            return 0
+        count, self.suppressed = self.suppressed, 0
+        self._next_summary = time.monotonic() + self.interval_s
+        return count
+
+
 def build_learner(settings: Settings) -> tuple[BlockLearner, str]:
     """The learner ``settings.learner`` names, and the name actually used ("ccd" falls back to
     "bpr" with a warning while the CCD learner cannot be imported)."""
@@ -164,6 +194,7 @@ class Trainer:
         self.store = store if store is not None else open_model_store(settings)
         self.policy = BlockPolicy.from_settings(settings)
         self.stats = TrainerStats()
+        self.malformed_warnings = WarningThrottle()
         self.users = IdMap()
         self.items = IdMap()
         self.item_counts = np.zeros(0, dtype=np.int64)
@@ -287,13 +318,24 @@ class Trainer:
     def _reject(self, record: LogRecord, error: Exception) -> None:
         self.stats.malformed += 1
         reason = str(error).replace("\n", " ")[:500]
-        log.warning(
-            "malformed message at %d/%d (%s): %r",
-            record.partition,
-            record.offset,
-            reason,
-            record.value[:200],
-        )
+        if self.malformed_warnings.allow():
+            log.warning(
+                "malformed message at %d/%d (%s): %r",
+                record.partition,
+                record.offset,
+                reason,
+                record.value[:200],
+            )
+        elif unlogged := self.malformed_warnings.summary():
+            log.warning(
+                "%d more malformed messages (%d in all; latest at %d/%d: %s); "
+                "each is dead-lettered",
+                unlogged,
+                self.stats.malformed,
+                record.partition,
+                record.offset,
+                reason,
+            )
         try:
             self.consumer.dead_letter(record, reason)
         except Exception as dead_letter_error:  # never let one bad message stall the stream
