@@ -7,7 +7,7 @@ import pytest
 
 import service.ranking
 from contracts.model_store import ModelSnapshot
-from service.ranking import ServingModel
+from service.ranking import ServingModel, top_indices
 
 
 def random_model(n_users: int = 40, n_items: int = 300, dim: int = 8) -> ServingModel:
@@ -88,6 +88,33 @@ def test_precomputed_state_shares_the_snapshot_memory() -> None:
         item_embeddings=items,
         item_popularity=np.zeros(50, dtype=np.float32),
     )
+    users = snapshot.user_embeddings
     model = ServingModel.from_snapshot(snapshot)
-    assert np.shares_memory(model.item_matrix.numpy(), items)  # no copy of the item table
-    assert model.item_matrix.is_contiguous()
+    assert np.shares_memory(model.user_vectors.numpy(), users)  # no copy of the user table
+    assert model.item_matrix.T.is_contiguous()  # one column-major copy for the fast GEMV
+    assert np.array_equal(model.item_matrix.numpy(), items)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_top_indices_is_a_stable_descending_sort_prefix(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 2_000))
+    scores = rng.integers(-5, 6, n).astype(np.float32)  # heavy ties
+    if seed % 3 == 0:
+        scores = rng.standard_normal(n).astype(np.float32)
+    if seed % 5 == 0:
+        scores[rng.random(n) < 0.5] = -np.inf  # excluded items
+    finite = int(np.isfinite(scores).sum())
+    for depth in {1, 20, 50, finite}:
+        if 1 <= depth <= finite:
+            expected = np.argsort(-scores, kind="stable")[:depth]
+            assert top_indices(scores, depth).tolist() == expected.tolist()
+
+
+def test_single_user_matches_brute_force() -> None:
+    model = random_model(n_items=3_000)
+    rng = np.random.default_rng(3)
+    for u in range(0, 40, 7):
+        exclude = {f"i{i}" for i in rng.choice(3_000, size=100, replace=False)}
+        ranked = model.recommend(f"u{u}", 30, exclude)
+        assert ranked.item_ids == reference_top_k(model, f"u{u}", 30, exclude)
