@@ -276,6 +276,13 @@ def add_target(result: dict[str, Any], target: Target) -> None:
     result["targets"].append(asdict(target))
 
 
+def _plain(value: Any) -> Any:
+    """JSON for numpy scalars and arrays in a result (e.g. a target's numpy bool)."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
 def save_result(result: dict[str, Any], out_dir: Path) -> Path:
     """Write ``out_dir/<benchmark>.json`` and regenerate the report next to it."""
     from bench.report import write_report
@@ -284,7 +291,7 @@ def save_result(result: dict[str, Any], out_dir: Path) -> Path:
     result["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     path = out_dir / f"{result['benchmark']}.json"
-    path.write_text(json.dumps(result, indent=2, sort_keys=False) + "\n")
+    path.write_text(json.dumps(result, indent=2, sort_keys=False, default=_plain) + "\n")
     report = (
         DEFAULT_REPORT if out_dir.resolve() == DEFAULT_OUT.resolve() else out_dir / "BENCHMARKS.md"
     )

@@ -49,6 +49,12 @@ class Settings(BaseSettings):
         100, ge=1, description="A block closed by time needs at least this many events"
     )
     eval_k: int = Field(20, ge=1, description="K of the prequential Recall@K / NDCG@K")
+    eval_users: int = Field(
+        1_000,
+        ge=0,
+        description="Prequential evaluation on at most this many users of each block, drawn at "
+        "random (0 = all; full ranking costs a catalogue's worth of scores per user)",
+    )
     seed: int = Field(0, description="Seed of the trainer's random generators")
     torch_threads: int = Field(0, ge=0, description="torch threads in the trainer (0 = default)")
     max_block_events: int = Field(

@@ -219,11 +219,27 @@ def test_prequential_metrics_exclude_earlier_items_from_ranking_and_targets(
     )
     trainer.seen = pair_keys(np.array([0]), np.array([0]))
     block = np.unique(pair_keys(np.array([0, 0, 1]), np.array([0, 2, 1])))
-    metrics = trainer._prequential(block)
+    metrics = trainer._prequential(block, 0)
     trainer.close()
     assert metrics["users"] == 1
     assert metrics["recall@2"] == pytest.approx(1.0)
     assert metrics["ndcg@2"] == pytest.approx(1 / np.log2(3))
+
+
+def test_prequential_evaluation_draws_at_most_eval_users(settings: Settings) -> None:
+    """Three known users, one hit each for users 0 and 1, none for user 2; with eval_users=2
+    the metric is over two of them, the same two for the same block."""
+    from models.api import Embeddings
+    from trainer.process import pair_keys
+
+    trainer = Trainer(settings.model_copy(update={"eval_k": 1, "eval_users": 2}))
+    trainer.deployed = Embeddings(users=torch.ones(3, 1), items=torch.tensor([[2.0], [1.0]]))
+    block = np.unique(pair_keys(np.array([0, 1, 2]), np.array([0, 0, 1])))
+    draws = [trainer._prequential(block, index) for index in (0, 0, 1, 2, 3, 4, 5)]
+    trainer.close()
+    assert all(m["users"] == 2 for m in draws)
+    assert draws[0] == draws[1]  # seeded by (seed, block index)
+    assert {m["recall@1"] for m in draws} <= {0.5, 1.0}
 
 
 def test_the_ccd_learner_publishes_and_resumes_from_its_checkpoint(settings: Settings) -> None:
