@@ -469,7 +469,7 @@ class Trainer:
         fresh = pairs[~contains_sorted(self.seen, pairs)]
         users = np.unique(fresh >> _PAIR_SHIFT)
         if 0 < self.settings.eval_users < len(users):
-            rng = np.random.default_rng([self.settings.seed, block_index])
+            rng = np.random.default_rng([self.settings.seed & 0xFFFFFFFF, block_index])
             users = np.sort(rng.choice(users, self.settings.eval_users, replace=False))
             fresh = rows_of_users(fresh, users)
         earlier = rows_of_users(self.seen, users)

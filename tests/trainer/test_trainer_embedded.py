@@ -226,13 +226,15 @@ def test_prequential_metrics_exclude_earlier_items_from_ranking_and_targets(
     assert metrics["ndcg@2"] == pytest.approx(1 / np.log2(3))
 
 
-def test_prequential_evaluation_draws_at_most_eval_users(settings: Settings) -> None:
+@pytest.mark.parametrize("seed", [0, -7])
+def test_prequential_evaluation_draws_at_most_eval_users(settings: Settings, seed: int) -> None:
     """Three known users, one hit each for users 0 and 1, none for user 2; with eval_users=2
-    the metric is over two of them, the same two for the same block."""
+    the metric is over two of them, the same two for the same block (any seed, even < 0)."""
     from models.api import Embeddings
     from trainer.process import pair_keys
 
-    trainer = Trainer(settings.model_copy(update={"eval_k": 1, "eval_users": 2}))
+    update = {"eval_k": 1, "eval_users": 2, "seed": seed}
+    trainer = Trainer(settings.model_copy(update=update))
     trainer.deployed = Embeddings(users=torch.ones(3, 1), items=torch.tensor([[2.0], [1.0]]))
     block = np.unique(pair_keys(np.array([0, 1, 2]), np.array([0, 0, 1])))
     draws = [trainer._prequential(block, index) for index in (0, 0, 1, 2, 3, 4, 5)]
