@@ -42,6 +42,8 @@ def rank_ensemble_scorer(member_scorers: Sequence[Scorer], power: float = 0.05) 
 
     def score(users: Tensor) -> Tensor:
         step = capped_chunk(max(users.numel(), 1), n_cols, 8)
+        if users.numel() <= step:  # one block (also no users): no concatenation copy
+            return score_block(users)
         return torch.cat([score_block(users[s : s + step]) for s in range(0, users.numel(), step)])
 
     if sized:

@@ -610,9 +610,9 @@ def pair_keys(users: np.ndarray, items: np.ndarray) -> np.ndarray:
 def contains_sorted(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """(len(keys),) bool: which ``keys`` are in ``sorted_keys``, by binary search (no sort of
     the ever-growing seen pairs per block)."""
-    positions = np.searchsorted(sorted_keys, keys)
     if len(sorted_keys) == 0:
         return np.zeros(len(keys), dtype=bool)
+    positions = np.searchsorted(sorted_keys, keys)
     return sorted_keys[np.minimum(positions, len(sorted_keys) - 1)] == keys
 
 

@@ -57,3 +57,9 @@ def test_sized_members_give_a_sized_ensemble() -> None:
     # one member repeated: the ensemble orders items exactly like it
     order = torch.argsort(ensemble(torch.arange(3)), dim=1, descending=True)
     assert torch.equal(order, torch.argsort(scores[:3], dim=1, descending=True))
+
+
+def test_no_users_give_an_empty_score_matrix() -> None:
+    scores = torch.randn(4, 5)
+    ensemble = rank_ensemble_scorer([SizedScorer(lambda u: scores[u], 4, 5)] * 2)
+    assert ensemble(torch.empty(0, dtype=torch.long)).shape == (0, 5)
