@@ -34,11 +34,13 @@ def create_app(
     settings: Settings,
     store: ModelStore | None = None,
     event_log: EventLog | None = None,
+    fast_lane: bool = True,
 ) -> FastAPI:
     """The app for ``settings``. ``store`` / ``event_log`` default to the ones the settings
     select (Redis / Kafka, else embedded under ``data_dir``); those the app opens itself it also
     closes. The seen-items index always tails the log the settings select, from its start.
-    Run it with its lifespan (``with TestClient(app)``, uvicorn)."""
+    Run it with its lifespan (``with TestClient(app)``, uvicorn). ``fast_lane=False`` sends every
+    request through FastAPI's routing (``recommendations.OneUserFastLane`` answers the same)."""
     service_metrics = ServiceMetrics()
 
     @asynccontextmanager
@@ -77,11 +79,16 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
     )
+    recommendation_routes = recommendations.build_router(settings)
+    if fast_lane:  # innermost: the metrics middleware counts and times it like any route
+        app.add_middleware(
+            recommendations.OneUserFastLane, router=recommendation_routes, max_k=settings.max_k
+        )
     app.add_middleware(
         BodySizeLimitMiddleware, limits={"/events": events.events_body_limit(settings)}
     )
     app.add_middleware(RequestMetricsMiddleware, metrics=service_metrics)
-    app.include_router(recommendations.build_router(settings))
+    app.include_router(recommendation_routes)
     app.include_router(items.build_router(settings))
     app.include_router(events.build_router(settings))
     app.include_router(model.build_router())
