@@ -3,6 +3,7 @@ and leaves everything it cannot vouch for to the route."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -13,6 +14,8 @@ from contracts.events import MAX_ID_LENGTH, InteractionEvent
 from contracts.model_store import FileModelStore
 from contracts.settings import Settings
 from service.app import create_app
+from service.ranking import Ranked
+from service.routers import recommendations
 from service.routers.recommendations import OneUserFastLane, build_router
 from tests.service.conftest import make_snapshot, wait_until
 
@@ -124,3 +127,60 @@ def test_without_a_model_the_route_answers_503(
         response = client.get("/recommendations/u0?k=2")
     assert response.status_code == 503
     assert response.json() == {"detail": "no model version loaded yet"}
+
+
+REQUESTS = [
+    ("u0", 3, True),
+    ("u1", 1, True),
+    ("u0", 5, False),
+    ("nobody", 2, True),
+    ("u1", 1000, False),
+    ("u0", 1, True),
+]
+
+
+def test_batched_answers_equal_single_answers(
+    clients: tuple[TestClient, TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast, _ = clients
+    state = fast.app.state.service  # type: ignore[attr-defined]
+    expected = []
+    for user, k, exclude in REQUESTS:
+        version, (ranked,) = recommendations._rank(state, [user], k, [exclude])
+        expected.append((version, ranked))
+    calls: list[int] = []
+    real_rank = recommendations._rank
+
+    def counting_rank(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(len(args[1]))
+        return real_rank(*args, **kwargs)
+
+    monkeypatch.setattr(recommendations, "_rank", counting_rank)
+    batcher = recommendations.OneUserBatcher()
+
+    async def all_at_once() -> list[tuple[int, Ranked]]:
+        return await asyncio.gather(*(batcher.rank(state, *request) for request in REQUESTS))
+
+    assert asyncio.run(all_at_once()) == expected
+    assert calls == [len(REQUESTS)]  # one ranking call for the whole turn
+
+
+def test_a_failed_batch_fails_every_request_and_a_left_one_is_skipped(
+    clients: tuple[TestClient, TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast, _ = clients
+    state = fast.app.state.service  # type: ignore[attr-defined]
+    batcher = recommendations.OneUserBatcher()
+
+    async def one_cancelled() -> list[object]:
+        tasks = [asyncio.ensure_future(batcher.rank(state, u, k, ex)) for u, k, ex in REQUESTS]
+        await asyncio.sleep(0)  # every task is now waiting for the flush
+        tasks[0].cancel()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    monkeypatch.setattr(
+        recommendations, "_rank", lambda *args: (_ for _ in ()).throw(RuntimeError("boom"))
+    )
+    results = asyncio.run(one_cancelled())
+    assert isinstance(results[0], asyncio.CancelledError)
+    assert all(isinstance(r, RuntimeError) and str(r) == "boom" for r in results[1:])
