@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -121,11 +120,16 @@ def dedup_hash(key: str) -> int:
 class DedupWindow:
     """The last ``capacity`` event keys, for dropping re-delivered events. Older keys are
     forgotten (first in, first out), which bounds memory; re-deliveries come soon after the
-    original, so a window of recent keys catches them."""
+    original, so a window of recent keys catches them.
+
+    The keys live in a numpy ring (plus a set for lookups), so that the checkpoint of every
+    block copies the window in ~1 ms instead of converting ~500k Python ints (~28 ms)."""
 
     def __init__(self, capacity: int, keys: Iterable[int] = ()) -> None:
         self.capacity = capacity
-        self._order: deque[int] = deque()
+        self._ring = np.zeros(capacity, dtype=np.int64)
+        self._next = 0  # the slot the next key goes to: the oldest key's once the ring is full
+        self._count = 0
         self._members: set[int] = set()
         for key in keys:
             self.add(key)
@@ -134,18 +138,23 @@ class DedupWindow:
         """Remember ``key``; False if it was already in the window (a duplicate)."""
         if key in self._members:
             return False
+        if self._count == self.capacity:
+            self._members.discard(int(self._ring[self._next]))
+        else:
+            self._count += 1
+        self._ring[self._next] = key
         self._members.add(key)
-        self._order.append(key)
-        if len(self._order) > self.capacity:
-            self._members.discard(self._order.popleft())
+        self._next = (self._next + 1) % self.capacity
         return True
 
     def __contains__(self, key: int) -> bool:
         return key in self._members
 
     def __len__(self) -> int:
-        return len(self._order)
+        return self._count
 
     def to_array(self) -> np.ndarray:
         """The keys oldest first, (n,) int64: ``DedupWindow(capacity, array)`` restores it."""
-        return np.fromiter(self._order, dtype=np.int64, count=len(self._order))
+        if self._count < self.capacity:
+            return self._ring[: self._count].copy()
+        return np.concatenate([self._ring[self._next :], self._ring[: self._next]])

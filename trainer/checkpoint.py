@@ -20,7 +20,9 @@ import torch
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
+# Format 2 stores the id maps as JSON bytes (format 1: lists of strings); both are read.
+CHECKPOINT_FORMAT = 2
+READABLE_FORMATS = (1, 2)
 _NAME = re.compile(r"block-(\d+)(?:\.e(\d+))?\.pt")
 
 
@@ -76,7 +78,7 @@ def load_latest_checkpoint(directory: Path) -> dict[str, Any] | None:
         except Exception as error:  # a torn or foreign file: fall back to the previous one
             log.warning("cannot read checkpoint %s (%s); trying an older one", path, error)
             continue
-        if state.get("format") != CHECKPOINT_FORMAT:
+        if state.get("format") not in READABLE_FORMATS:
             log.warning("checkpoint %s has format %s; skipped", path, state.get("format"))
             continue
         log.info("restoring trainer checkpoint %s", path)

@@ -228,8 +228,7 @@ class Trainer:
                 f"CCD_LEARNER={state['learner']} or remove the data directory"
             )
         self.learner.load_state_dict(state["learner_state"])
-        self.users = IdMap(state["user_ids"])
-        self.items = IdMap(state["item_ids"])
+        self.users, self.items = _id_map(state["user_ids"]), _id_map(state["item_ids"])
         self.item_counts = state["item_counts"].numpy()
         self.seen = state["seen"].numpy()
         self.dedup = DedupWindow(self.settings.dedup_window, state["dedup"].tolist())
@@ -257,8 +256,8 @@ class Trainer:
             "next_block": self.block.index + 1,
             "learner": self.learner_name,
             "learner_state": self.learner.state_dict(),
-            "user_ids": self.users.ids,
-            "item_ids": self.items.ids,
+            "user_ids": self.users.to_json(),
+            "item_ids": self.items.to_json(),
             "item_counts": torch.from_numpy(self.item_counts),
             "seen": torch.from_numpy(self.seen),
             "dedup": torch.from_numpy(self.dedup.to_array()),
@@ -629,6 +628,11 @@ def rows_of_users(pairs: np.ndarray, users: np.ndarray) -> np.ndarray:
     lengths = np.searchsorted(pairs, (users + 1) << _PAIR_SHIFT) - starts
     run_offsets = np.cumsum(lengths) - lengths  # where each run starts in the output
     return pairs[np.repeat(starts - run_offsets, lengths) + np.arange(lengths.sum())]
+
+
+def _id_map(stored: bytes | list[str]) -> IdMap:
+    """The id map of a checkpoint: JSON bytes (format 2) or a list (format 1)."""
+    return IdMap.from_json(stored) if isinstance(stored, bytes) else IdMap(stored)
 
 
 def _pairs_to_interactions(keys: np.ndarray) -> Interactions:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import collections
+import random
+
+import pytest
+
 from contracts.event_log import LogRecord
 from trainer.blocks import BlockPolicy, DedupWindow, OpenBlock, dedup_hash
 
@@ -75,3 +80,21 @@ def test_dedup_hash_is_stable_and_distinguishes_keys() -> None:
     assert dedup_hash("event-1") == dedup_hash("event-1")
     assert dedup_hash("event-1") != dedup_hash("event-2")
     assert -(2**63) <= dedup_hash("x") < 2**63
+
+
+@pytest.mark.parametrize("capacity", [1, 2, 7])
+def test_dedup_window_matches_a_first_in_first_out_reference(capacity: int) -> None:
+    rng = random.Random(capacity)
+    window, reference = DedupWindow(capacity), collections.deque()
+    for _ in range(500):
+        key = rng.randrange(12) - 6
+        expected = key not in reference
+        if expected:
+            reference.append(key)
+            if len(reference) > capacity:
+                reference.popleft()
+        assert window.add(key) is expected
+        assert window.to_array().tolist() == list(reference)
+        assert len(window) == len(reference)
+    restored = DedupWindow(capacity, window.to_array().tolist())
+    assert restored.to_array().tolist() == list(reference)

@@ -125,6 +125,26 @@ def test_restart_resumes_after_the_last_block_without_reapplying(settings: Setti
     assert meta["prequential"]["users"] > 0  # the restored student was evaluated
 
 
+def test_a_format_1_checkpoint_with_id_lists_still_restores(settings: Settings) -> None:
+    append(settings, synthetic(BASE + BLOCK))
+    first = Trainer(settings)
+    first.run(max_blocks=1)
+    first.close()
+    (path,) = checkpoint_files(settings.checkpoint_dir)
+    state = torch.load(path, weights_only=True)
+    assert state["format"] == 2 and isinstance(state["user_ids"], bytes)
+    # What the previous release wrote: the same state with the ids as lists of strings.
+    state.update(format=1, user_ids=first.users.ids, item_ids=first.items.ids)
+    torch.save(state, path)
+
+    second = Trainer(settings)
+    assert second.block.index == 1
+    assert second.users.ids == first.users.ids and second.items.ids == first.items.ids
+    second.run(max_blocks=1)
+    second.close()
+    assert second.stats.events_consumed == BLOCK and second.stats.duplicates == 0
+
+
 class NoCommitConsumer:
     """A consumer that crashes (for the log) between checkpoint and commit: commits are lost."""
 
