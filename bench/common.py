@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from models.report import hardware_info, markdown_lines
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "docs" / "benchmarks"
 DEFAULT_REPORT = REPO_ROOT / "docs" / "BENCHMARKS.md"
@@ -51,31 +53,18 @@ _PACKAGES = (
 
 def machine_info() -> dict[str, Any]:
     """CPU model, cores (all, and those this process may use), memory, kernel, and the load
-    average at start: the last says how busy the machine was (numbers are noisy when it is)."""
+    average at start: the last says how busy the machine was (numbers are noisy when it is).
+    Read by ``models.report.hardware_info``, as the replay reports do."""
+    hardware = hardware_info()
     return {
-        "cpu_model": _cpu_model(),
-        "cpus": os.cpu_count(),
-        "cpus_usable": len(os.sched_getaffinity(0)),
-        "memory_gib": round(_meminfo_kib("MemTotal") / 2**20, 1),
+        "cpu_model": hardware["cpu_model"],
+        "cpus": hardware["cpu_cores"],
+        "cpus_usable": hardware["cpu_cores_usable"],
+        "memory_gib": hardware["memory_gib"],
         "kernel": platform.release(),
         "machine": platform.machine(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "load_average_at_start": hardware["load_average_at_start"],
     }
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def _meminfo_kib(field: str) -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    return 0
 
 
 def versions(**extra: str | None) -> dict[str, str | None]:
@@ -331,9 +320,7 @@ def text_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return "\n".join(markdown_lines(headers, [[fmt(c) for c in row] for row in rows]))
 
 
 # --- processes ------------------------------------------------------------------------------------

@@ -178,7 +178,8 @@ def _fmt(value: float | None, signed: bool = False) -> str:
     return f"{value:+.4f}" if signed else f"{value:.4f}"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+def markdown_lines(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A Markdown table, one string per line."""
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return lines
@@ -203,7 +204,7 @@ def _metric_table(
                 for part in ("la", "ra", "hmean")
             ]
             rows.append([f"D{k}", method, *cells])
-    return _table(header, rows)
+    return markdown_lines(header, rows)
 
 
 def _gain_table(results: RunResults, summary: Mapping[str, Any]) -> list[str]:
@@ -230,7 +231,7 @@ def _gain_table(results: RunResults, summary: Mapping[str, Any]) -> list[str]:
             else:
                 row.append(_fmt(gain[0], signed=True) + (f" (vs {gain[1]})" if gain[1] else ""))
         rows.append(row)
-    return _table(header, rows)
+    return markdown_lines(header, rows)
 
 
 def _new_user_table(results: RunResults) -> list[str]:
@@ -243,7 +244,7 @@ def _new_user_table(results: RunResults) -> list[str]:
                 scores = [metrics.get(m) if n_users else None for m in SUMMARY_METRICS]
                 rows.append([f"D{k}", method, role, str(n_users), *map(_fmt, scores)])
     rows.sort(key=lambda row: (int(row[0][1:]), row[2], row[1]))
-    return _table(header, rows)
+    return markdown_lines(header, rows)
 
 
 def _timing_table(results: RunResults) -> list[str]:
@@ -257,7 +258,7 @@ def _timing_table(results: RunResults) -> list[str]:
             total = sum(v for s, v in times.items() if s != "cpu")
             cpu = f"{times['cpu']:.1f}" if "cpu" in times else ""
             rows.append([f"D{k}", method, *cells, f"{total:.1f}", cpu])
-    return _table(["block", "method", *stages, "total", "CPU s"], rows)
+    return markdown_lines(["block", "method", *stages, "total", "CPU s"], rows)
 
 
 def _matrix_tables(results: RunResults, metric: str) -> list[str]:
@@ -272,7 +273,7 @@ def _matrix_tables(results: RunResults, metric: str) -> list[str]:
                 [f"D{k}", *[_fmt(R[k].get(j)) if j <= k else "" for j in cols]] for k in sorted(R)
             ]
             lines += [f"**{method} / {role}**", ""]
-            lines += _table(["after \\ test", *[f"D{j}" for j in cols]], rows) + [""]
+            lines += markdown_lines(["after \\ test", *[f"D{j}" for j in cols]], rows) + [""]
     return lines
 
 
@@ -312,7 +313,7 @@ def markdown_report(results: RunResults, summary: Mapping[str, Any], plots: Sequ
         "",
         "## Parameter counts (at the last evaluated block)",
         "",
-        *_table(
+        *markdown_lines(
             ["method", "teacher", "student", "ratio"],
             [
                 [
