@@ -27,6 +27,10 @@ ROLES = ("teacher", "student")
 SUMMARY_METRICS = ("recall@20", "ndcg@20")
 CONVENTIONS = {"": False, "_with_d0": True}  # summary key suffix -> include_d0
 
+# The continual-learning baselines: the paper's figure compares CCD with the best "CL competitor".
+# ``frozen`` (never updated) is compared apart: it ranks only D0's items and skips later users.
+CL_BASELINES = ("teacher_ft", "ft")
+
 # Absolute H-mean gain of CCD over the best CL competitor read off the official README figures
 # (ccd-method.md §5.2; GNN student, metric unlabelled, probably Recall@20), after D1..D5.
 PAPER_HMEAN_GAIN: dict[str, dict[str, tuple[float, ...]]] = {
@@ -104,12 +108,17 @@ def summarize(results: RunResults) -> dict[str, dict[str, dict[str, Any]]]:
 
 
 def hmean_gains(
-    summary: Mapping[str, Mapping[str, Mapping[str, Any]]], role: str, metric: str, key: str
+    summary: Mapping[str, Mapping[str, Mapping[str, Any]]],
+    role: str,
+    metric: str,
+    key: str,
+    rivals: Sequence[str] | None = None,
 ) -> dict[int, tuple[float, str]]:
     """{k: (CCD's H minus the best baseline's, that baseline)} where both are defined.
 
     Args:
         key: "hmean" or "hmean_with_d0".
+        rivals: the baselines to compare with (default: every other method).
     """
     if "ccd" not in summary:
         return {}
@@ -119,7 +128,7 @@ def hmean_gains(
         rivals = {
             method: summary[method][role].get(k_str, {}).get(metric, {}).get(key)
             for method in summary
-            if method != "ccd" and role in summary[method]
+            if method != "ccd" and role in summary[method] and (rivals is None or method in rivals)
         }
         rivals = {m: v for m, v in rivals.items() if v is not None}
         if ours is None or not rivals:
@@ -213,10 +222,12 @@ def _gain_table(results: RunResults, summary: Mapping[str, Any]) -> list[str]:
     columns = []
     for role in ROLES:
         for key, label in (("hmean_with_d0", "incl. D0"), ("hmean", "excl. D0")):
-            header.append(f"{role} R@20 gain ({label})")
-            columns.append(hmean_gains(summary, role, "recall@20", key))
-        header.append(f"{role} N@20 gain (incl. D0)")
-        columns.append(hmean_gains(summary, role, "ndcg@20", "hmean_with_d0"))
+            header.append(f"{role} R@20 vs CL ({label})")
+            columns.append(hmean_gains(summary, role, "recall@20", key, CL_BASELINES))
+        header.append(f"{role} N@20 vs CL (incl. D0)")
+        columns.append(hmean_gains(summary, role, "ndcg@20", "hmean_with_d0", CL_BASELINES))
+        header.append(f"{role} R@20 vs frozen (incl. D0)")
+        columns.append(hmean_gains(summary, role, "recall@20", "hmean_with_d0", ("frozen",)))
         if paper:
             header.append(f"paper {role}")
             columns.append({k + 1: (v, "") for k, v in enumerate(paper[role])})
@@ -277,7 +288,9 @@ def _matrix_tables(results: RunResults, metric: str) -> list[str]:
     return lines
 
 
-def markdown_report(results: RunResults, summary: Mapping[str, Any], plots: Sequence[str]) -> str:
+def markdown_report(
+    results: RunResults, summary: Mapping[str, Any], plots: Sequence[str], peak_gib: float
+) -> str:
     """The results folder's README.md."""
     hw = results.hardware
     done = results.blocks_done
@@ -287,7 +300,7 @@ def markdown_report(results: RunResults, summary: Mapping[str, Any], plots: Sequ
         f"# CCD replay on `{results.dataset}`",
         "",
         f"Status: {state}; wall-clock so far {results.elapsed_s / 3600:.2f} h; "
-        f"peak resident memory {peak_rss_gib()} GiB.",
+        f"peak resident memory {peak_gib} GiB.",
         "",
         "Command:",
         "",
@@ -337,9 +350,12 @@ def markdown_report(results: RunResults, summary: Mapping[str, Any], plots: Sequ
         "`*_with_d0`; defined from D1). The paper's figure has a gain after D1, which only "
         "the incl.-D0 convention defines.",
         "",
-        "## H-mean gain of CCD over the best baseline",
+        "## H-mean gain of CCD over the baselines",
         "",
-        "Per role and block: CCD's H-mean minus the best baseline's (which one in brackets). "
+        "Per role and block: CCD's H-mean minus that of the best continual-learning baseline "
+        "(`vs CL`: `teacher_ft` or `ft`, the one in brackets; the paper's figure compares with "
+        "the best CL competitor), and minus `frozen`'s. `frozen` is not on the same footing: "
+        "it ranks only D0's items and skips later users, so its R[k][0] stays its D0 score. "
         "The paper columns are read off the official README figure (ccd-method.md §5.2; "
         "metric unlabelled, probably Recall@20).",
         "",
@@ -461,9 +477,22 @@ def _dump(path: Path, data: Any) -> None:
     tmp.replace(path)  # atomic: an interrupted write never leaves a truncated file
 
 
-def write_results(results: RunResults, out: Path) -> dict[str, Any]:
-    """Write (or overwrite) every file of the results folder; returns the summary."""
+def _recorded_peak_gib(out: Path) -> float:
+    """The peak memory an earlier process of this run recorded (0 if none)."""
+    try:
+        return float(json.loads((out / "config.json").read_text()).get("peak_rss_gib") or 0.0)
+    except (OSError, ValueError, AttributeError):
+        return 0.0
+
+
+def write_results(results: RunResults, out: Path, measure_peak: bool = True) -> dict[str, Any]:
+    """Write (or overwrite) every file of the results folder; returns the summary.
+
+    The peak resident memory is the largest of this process's and the one recorded in the
+    folder by an earlier process of the same run (``--resume``); ``measure_peak=False`` (a
+    report rewritten from a checkpoint) keeps the recorded one."""
     out.mkdir(parents=True, exist_ok=True)
+    peak_gib = max(_recorded_peak_gib(out), peak_rss_gib() if measure_peak else 0.0)
     summary = summarize(results)
     _dump(out / "summary.json", summary)
     _dump(
@@ -485,7 +514,7 @@ def write_results(results: RunResults, out: Path) -> dict[str, Any]:
             "n_blocks": results.n_blocks,
             "blocks_done": results.blocks_done,
             "elapsed_s": round(results.elapsed_s, 1),
-            "peak_rss_gib": peak_rss_gib(),
+            "peak_rss_gib": peak_gib,
             "summary_conventions": {
                 "la/ra/hmean": "excluding D0: t, j = 1..",
                 "*_with_d0": "including D0: t, j = 0..",
@@ -501,5 +530,5 @@ def write_results(results: RunResults, out: Path) -> dict[str, Any]:
         name = f"hmean_{metric.replace('@', '')}.png"
         if plot_hmean(summary, metric, out / name):
             plots.append(name)
-    (out / "README.md").write_text(markdown_report(results, summary, plots))
+    (out / "README.md").write_text(markdown_report(results, summary, plots, peak_gib))
     return summary

@@ -330,6 +330,7 @@ class ReplayOptions:
     threads: int | None = None
     resume: bool = False
     checkpoint: bool = True
+    report_only: bool = False
     command: str = ""
 
 
@@ -415,6 +416,12 @@ def parse_args(argv: Sequence[str]) -> ReplayOptions:
         action="store_false",
         help="do not save the learners after each block (no --resume possible)",
     )
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: rewrite <out>'s report files from <out>/state/ (e.g. after an "
+        "upgrade of the report)",
+    )
     args = parser.parse_args(list(argv))
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = sorted(set(methods) - set(METHODS))
@@ -438,6 +445,7 @@ def parse_args(argv: Sequence[str]) -> ReplayOptions:
         threads=args.threads,
         resume=args.resume,
         checkpoint=args.checkpoint,
+        report_only=args.report_only,
         command=shlex.join(["ccd", "replay", *argv]),
     )
 
@@ -516,6 +524,11 @@ def _log_scores(results: RunResults, method: str, k: int) -> None:
 
 def run(options: ReplayOptions) -> RunResults:
     """The whole protocol; rewrites ``options.out`` after every block and returns the results."""
+    if options.report_only:
+        results = load_checkpoint(options.out)["results"]
+        write_results(results, options.out, measure_peak=False)
+        log.info("rewrote the report in %s from its checkpoint", options.out)
+        return results
     started = time.perf_counter()
     if options.threads:
         torch.set_num_threads(options.threads)

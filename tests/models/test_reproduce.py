@@ -14,7 +14,7 @@ import torch
 from models.api import BlockData, Interactions
 from models.data import load_block_file, split_block
 from models.metrics import ContinualMatrix, SizedScorer, ranking_metrics
-from models.report import hmean_gains, jsonable, summarize_matrix
+from models.report import CL_BASELINES, hmean_gains, jsonable, summarize_matrix
 from models.reproduce import (
     METHODS,
     ReplayOptions,
@@ -247,6 +247,23 @@ def test_hmean_gain_is_against_the_best_baseline() -> None:
     gains = hmean_gains(summary, "student", "recall@20", "hmean")
     assert gains.keys() == {1}
     assert gains[1][0] == pytest.approx(0.02) and gains[1][1] == "frozen"
+    versus_cl = hmean_gains(summary, "student", "recall@20", "hmean", CL_BASELINES)
+    assert versus_cl[1][0] == pytest.approx(0.05) and versus_cl[1][1] == "ft"
+
+
+def test_report_only_rewrites_the_report_and_keeps_the_recorded_peak(replay_run) -> None:
+    data, out = replay_run
+    config = json.loads((out / "config.json").read_text())
+    assert config["peak_rss_gib"] > 0
+    config["peak_rss_gib"] = 123.0  # as if an earlier process of the run had peaked there
+    (out / "config.json").write_text(json.dumps(config))
+    (out / "README.md").write_text("stale")
+    args = ["--dataset", str(data), "--out", str(out), "--preset", "stream", *TINY]
+    assert main([*args, "--report-only"]) == 0
+    readme = (out / "README.md").read_text()
+    assert "complete, 3 of 3 blocks evaluated" in readme and "peak resident memory 123.0" in readme
+    assert "vs CL" in readme
+    assert json.loads((out / "config.json").read_text())["peak_rss_gib"] == 123.0
 
 
 def test_parse_override_types() -> None:
