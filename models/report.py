@@ -125,16 +125,16 @@ def hmean_gains(
     gains = {}
     for k_str, entry in summary["ccd"].get(role, {}).items():
         ours = entry.get(metric, {}).get(key)
-        rivals = {
+        theirs = {
             method: summary[method][role].get(k_str, {}).get(metric, {}).get(key)
             for method in summary
             if method != "ccd" and role in summary[method] and (rivals is None or method in rivals)
         }
-        rivals = {m: v for m, v in rivals.items() if v is not None}
-        if ours is None or not rivals:
+        theirs = {m: v for m, v in theirs.items() if v is not None}
+        if ours is None or not theirs:
             continue
-        best = max(rivals, key=rivals.__getitem__)
-        gains[int(k_str)] = (ours - rivals[best], best)
+        best = max(theirs, key=theirs.__getitem__)
+        gains[int(k_str)] = (ours - theirs[best], best)
     return gains
 
 

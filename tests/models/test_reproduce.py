@@ -239,10 +239,10 @@ def test_hmean_gain_is_against_the_best_baseline() -> None:
     def entry(h):
         return {"recall@20": {"hmean": h}}
 
-    summary = {
-        "ccd": {"student": {"1": entry(0.30), "2": entry(None)}},
-        "ft": {"student": {"1": entry(0.25), "2": entry(0.2)}},
-        "frozen": {"student": {"1": entry(0.28)}},
+    summary = {  # block 0 first, where nothing is defined yet (as in a real summary)
+        "ccd": {"student": {"0": entry(None), "1": entry(0.30), "2": entry(None)}},
+        "ft": {"student": {"0": entry(None), "1": entry(0.25), "2": entry(0.2)}},
+        "frozen": {"student": {"0": entry(None), "1": entry(0.28)}},
     }
     gains = hmean_gains(summary, "student", "recall@20", "hmean")
     assert gains.keys() == {1}
