@@ -125,7 +125,8 @@ class OneUserFastLane:
     FastAPI's routing, dependency solving and parameter validation cost about as much CPU as
     ranking 41k items. A request this class can vouch for (a user id of 1..MAX_ID_LENGTH
     characters, at most the parameters ``k`` as plain digits in 1..max_k and ``exclude_seen`` as
-    true/false/1/0, each once, and a model loaded) is answered here by the route's own
+    true/false/1/0, each once, and a model loaded) is ranked here, together with the others that
+    arrived in the same event-loop turn (``OneUserBatcher``), and answered with the route's own
     ``_one_user_response``; anything else, including every invalid request, goes through FastAPI
     untouched, so error answers and the OpenAPI schema come from the route alone.
     """
