@@ -72,6 +72,7 @@ class RunResults:
     params: dict[str, dict[str, int]] = field(default_factory=dict)
     blocks_done: int = 0
     elapsed_s: float = 0.0
+    peak_rss_gib: float = 0.0  # the highest of every process of this run (kept by --resume)
 
     def matrix(self, method: str, role: str) -> ContinualMatrix:
         return self.matrices.setdefault(method, {}).setdefault(role, ContinualMatrix())
@@ -477,8 +478,8 @@ def _dump(path: Path, data: Any) -> None:
     tmp.replace(path)  # atomic: an interrupted write never leaves a truncated file
 
 
-def _recorded_peak_gib(out: Path) -> float:
-    """The peak memory an earlier process of this run recorded (0 if none)."""
+def recorded_peak_gib(out: Path) -> float:
+    """The peak memory recorded in a results folder's config.json (0 if none)."""
     try:
         return float(json.loads((out / "config.json").read_text()).get("peak_rss_gib") or 0.0)
     except (OSError, ValueError, AttributeError):
@@ -488,11 +489,12 @@ def _recorded_peak_gib(out: Path) -> float:
 def write_results(results: RunResults, out: Path, measure_peak: bool = True) -> dict[str, Any]:
     """Write (or overwrite) every file of the results folder; returns the summary.
 
-    The peak resident memory is the largest of this process's and the one recorded in the
-    folder by an earlier process of the same run (``--resume``); ``measure_peak=False`` (a
-    report rewritten from a checkpoint) keeps the recorded one."""
+    ``results.peak_rss_gib`` is first raised to this process's peak, unless ``measure_peak``
+    is False (a report rewritten by another process)."""
     out.mkdir(parents=True, exist_ok=True)
-    peak_gib = max(_recorded_peak_gib(out), peak_rss_gib() if measure_peak else 0.0)
+    if measure_peak:
+        results.peak_rss_gib = max(results.peak_rss_gib, peak_rss_gib())
+    peak_gib = results.peak_rss_gib
     summary = summarize(results)
     _dump(out / "summary.json", summary)
     _dump(

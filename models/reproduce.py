@@ -46,7 +46,13 @@ from models.data import load_block_file, resolve_dataset
 from models.distilled_baselines import TeacherFineTuneLearner
 from models.members import Member
 from models.metrics import SizedScorer, embedding_scorer, ranking_metrics
-from models.report import RunResults, hardware_info, jsonable, write_results
+from models.report import (
+    RunResults,
+    hardware_info,
+    jsonable,
+    recorded_peak_gib,
+    write_results,
+)
 from models.teacher_update import ensemble_scorer
 
 log = logging.getLogger("ccd.replay")
@@ -526,6 +532,8 @@ def run(options: ReplayOptions) -> RunResults:
     """The whole protocol; rewrites ``options.out`` after every block and returns the results."""
     if options.report_only:
         results = load_checkpoint(options.out)["results"]
+        # Checkpoints of earlier versions did not keep the peak; their config.json did.
+        results.peak_rss_gib = max(results.peak_rss_gib, recorded_peak_gib(options.out))
         write_results(results, options.out, measure_peak=False)
         log.info("rewrote the report in %s from its checkpoint", options.out)
         return results

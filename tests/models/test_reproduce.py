@@ -266,6 +266,16 @@ def test_report_only_rewrites_the_report_and_keeps_the_recorded_peak(replay_run)
     assert json.loads((out / "config.json").read_text())["peak_rss_gib"] == 123.0
 
 
+def test_a_fresh_run_does_not_inherit_a_stale_peak(replay_run, tmp_path) -> None:
+    data, _ = replay_run
+    out = tmp_path / "again"
+    out.mkdir()
+    (out / "config.json").write_text(json.dumps({"peak_rss_gib": 999.0}))  # an older run's
+    args = ["--dataset", str(data), "--out", str(out), "--preset", "stream", *TINY]
+    assert main([*args, "--blocks", "1", "--no-checkpoint"]) == 0
+    assert 0 < json.loads((out / "config.json").read_text())["peak_rss_gib"] < 999.0
+
+
 def test_parse_override_types() -> None:
     assert parse_override("kd_epochs=3") == ("kd_epochs", 3)
     assert parse_override("kd_lr=1") == ("kd_lr", 1.0)
