@@ -2,9 +2,11 @@
 
     python -m bench.report [--out docs/benchmarks] [--report docs/BENCHMARKS.md]
 
-The report opens with the headline table (every target of the issue, as measured), then one
-section per benchmark: its machine, versions, exact command, parameters, tables and notes. It
-is regenerated after every benchmark run, so it always matches the JSON next to it.
+The report opens with the headline table (every target of the issue, as measured), then the
+hand-written ``analysis.md`` of the same folder if there is one (why a target is missed, how to
+read a ratio: what a person concluded from these numbers, kept with them), then one section per
+benchmark: its machine, versions, exact command, parameters, tables and notes. It is regenerated
+after every benchmark run, so it always matches the JSON next to it.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ states the machine, versions and exact command. Reproduce everything with
 or one benchmark with `ccd bench serving|ingest|update|freshness|swap` (`--help` lists the
 options; `--out DIR` writes elsewhere).
 """
+
+
+ANALYSIS = "analysis.md"  # hand-written, optional: reread the numbers before editing it
 
 
 def load_results(out_dir: Path) -> dict[str, dict[str, Any]]:
@@ -97,6 +102,9 @@ def render_report(out_dir: Path) -> str:
     missing = [name for name in NAMES if name not in results]
     if missing:
         parts.append(f"Not run yet: {', '.join(missing)}.\n")
+    analysis = out_dir / ANALYSIS
+    if analysis.exists():
+        parts += ["## Analysis\n", analysis.read_text().strip() + "\n"]
     parts += [section(name, result) for name, result in results.items()]
     return "\n".join(parts)
 

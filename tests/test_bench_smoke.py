@@ -221,3 +221,10 @@ def test_ingest_benchmark_on_the_embedded_log(tmp_path: Path) -> None:
     assert drain["blocks_closed"] == 3 and drain["events_in_closed_blocks"] == 3000
     rendered = report.section("ingest", result)
     assert "drain" in rendered and "Command:" in rendered
+
+
+def test_the_report_places_the_analysis_after_the_headline(tmp_path: Path) -> None:
+    assert "## Analysis" not in report.render_report(tmp_path)
+    (tmp_path / report.ANALYSIS).write_text("Why the ratio is 15x.\n")
+    rendered = report.render_report(tmp_path)
+    assert rendered.index("## Headline") < rendered.index("## Analysis\n\nWhy the ratio is 15x.")
