@@ -289,9 +289,7 @@ def _matrix_tables(results: RunResults, metric: str) -> list[str]:
     return lines
 
 
-def markdown_report(
-    results: RunResults, summary: Mapping[str, Any], plots: Sequence[str], peak_gib: float
-) -> str:
+def markdown_report(results: RunResults, summary: Mapping[str, Any], plots: Sequence[str]) -> str:
     """The results folder's README.md."""
     hw = results.hardware
     done = results.blocks_done
@@ -301,7 +299,7 @@ def markdown_report(
         f"# CCD replay on `{results.dataset}`",
         "",
         f"Status: {state}; wall-clock so far {results.elapsed_s / 3600:.2f} h; "
-        f"peak resident memory {peak_gib} GiB.",
+        f"peak resident memory {results.peak_rss_gib} GiB.",
         "",
         "Command:",
         "",
@@ -494,7 +492,6 @@ def write_results(results: RunResults, out: Path, measure_peak: bool = True) -> 
     out.mkdir(parents=True, exist_ok=True)
     if measure_peak:
         results.peak_rss_gib = max(results.peak_rss_gib, peak_rss_gib())
-    peak_gib = results.peak_rss_gib
     summary = summarize(results)
     _dump(out / "summary.json", summary)
     _dump(
@@ -516,7 +513,7 @@ def write_results(results: RunResults, out: Path, measure_peak: bool = True) -> 
             "n_blocks": results.n_blocks,
             "blocks_done": results.blocks_done,
             "elapsed_s": round(results.elapsed_s, 1),
-            "peak_rss_gib": peak_gib,
+            "peak_rss_gib": results.peak_rss_gib,
             "summary_conventions": {
                 "la/ra/hmean": "excluding D0: t, j = 1..",
                 "*_with_d0": "including D0: t, j = 0..",
@@ -532,5 +529,5 @@ def write_results(results: RunResults, out: Path, measure_peak: bool = True) -> 
         name = f"hmean_{metric.replace('@', '')}.png"
         if plot_hmean(summary, metric, out / name):
             plots.append(name)
-    (out / "README.md").write_text(markdown_report(results, summary, plots, peak_gib))
+    (out / "README.md").write_text(markdown_report(results, summary, plots))
     return summary
