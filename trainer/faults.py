@@ -5,7 +5,8 @@ status of a ``kill -9``: no cleanup, no flush, no lease release) when it reaches
 processing block ``BLOCK`` (any block when omitted). The points, in the order a block meets them:
 
 - ``filling``: the open block holds half of the events it closes at;
-- ``training``: 5 ms into ``learn_block`` (from a timer thread, so the step is cut mid-way);
+- ``training``: 5 ms into ``learn_block`` (from a timer thread, so the step is cut mid-way),
+  or at its end when it is shorter than that;
 - ``checkpointed``: the checkpoint is durable, the model is not published yet;
 - ``published``: the model is published, the log positions are not committed yet;
 - ``committed``: the positions are committed, the next block is not opened yet.
@@ -63,6 +64,9 @@ class CrashPlan:
         finally:
             if timer is not None:
                 timer.cancel()
+                # A step shorter than the delay (a tiny block), or one the timer thread could not
+                # interrupt on a busy machine, must not end uncut: the planned crash happens here.
+                _die(point, block_index)
 
 
 def _die(point: str, block_index: int) -> None:
