@@ -36,19 +36,35 @@ KAFKA_MAX_POLL_INTERVAL_MS = 3_600_000
 KAFKA_RECONNECT_BACKOFF_MAX_MS = 2_000
 # The embedded log has one partition.
 SQLITE_PARTITION = 0
+# The dead-letter topic this service creates takes records up to this size, so that the largest
+# record a source topic can hold (1 MiB by default) fits with the headers added to it.
+DEAD_LETTER_MAX_BYTES = 8 * 1024 * 1024
+# A record the dead-letter topic still refuses (one created elsewhere, with a smaller limit) is
+# parked with only this many bytes of its value and a header giving the original length.
+DEAD_LETTER_TRUNCATED_BYTES = 64 * 1024
+# On start, the trainer's consumer reads this many records from the end of each dead-letter
+# partition to learn which source positions are parked already (so a re-read after a crash does
+# not park them twice); enough for a dead-letter topic the trainer shares with a few others.
+DEAD_LETTER_TAIL = 64
 
 
 class EventLogUnavailable(RuntimeError):
     """The log cannot accept events right now (e.g. the broker is down); retry later."""
 
 
+Headers = tuple[tuple[str, bytes | None], ...]
+
+
 @dataclass(frozen=True)
 class LogRecord:
-    """One raw message as read from the log, with the position needed to commit past it."""
+    """One raw message as read from the log, with the position needed to commit past it.
+    Kafka can deliver a null ``value`` (a tombstone), a null ``key`` and any ``headers``."""
 
     partition: int
     offset: int
-    value: bytes
+    value: bytes | None
+    key: bytes | None = None
+    headers: Headers = ()
 
 
 class EventLog(Protocol):
@@ -72,8 +88,9 @@ class EventConsumer(Protocol):
     def commit(self, records: list[LogRecord]) -> None:
         """Mark everything up to and including ``records`` (per partition) as processed."""
 
-    def dead_letter(self, record: LogRecord, reason: str) -> None:
-        """Park a malformed message where an operator can find it."""
+    def dead_letter(self, record: LogRecord, reason: str) -> bool:
+        """Park a malformed message (value, key and headers) with ``reason`` where an operator
+        can find it; False if it was parked already (re-read after a restart)."""
 
     def close(self) -> None: ...
 
@@ -120,8 +137,16 @@ def ensure_topics(settings: Settings, partitions: int = DEFAULT_PARTITIONS) -> N
             admin.list_topics()
         )
         for name in sorted(missing):
+            # The dead-letter topic takes any record of the events topic plus its headers.
+            configs = (
+                {"max.message.bytes": str(DEAD_LETTER_MAX_BYTES)}
+                if name == settings.kafka_dead_letter_topic
+                else {}
+            )
             try:
-                topic = NewTopic(name, num_partitions=partitions, replication_factor=1)
+                topic = NewTopic(
+                    name, num_partitions=partitions, replication_factor=1, topic_configs=configs
+                )
                 admin.create_topics([topic], timeout_ms=KAFKA_TIMEOUT_MS)
                 log.info("created Kafka topic %s with %d partitions", name, partitions)
             except TopicAlreadyExistsError:
@@ -196,11 +221,79 @@ def writer_instance_id(settings: Settings) -> str:
     return f"{settings.kafka_group_id}.writer"
 
 
+def parse_source(header: bytes | None) -> tuple[str, int, int] | None:
+    """``(topic, partition, offset)`` of a dead letter's ``source`` header (None if foreign)."""
+    try:
+        topic, partition, offset = (header or b"").decode().rsplit("/", 2)
+        return topic, int(partition), int(offset)
+    except ValueError:
+        return None
+
+
+def read_dead_letter_marks(settings: Settings) -> dict[int, int]:
+    """Per partition of the events topic, the highest source offset among the last
+    ``DEAD_LETTER_TAIL`` records of each dead-letter partition. The trainer parks records in log
+    order, so anything at or below it was parked before a restart. On failure: none known (a
+    re-read record is then parked again: at-least-once)."""
+    from kafka import KafkaConsumer
+
+    marks: dict[int, int] = {}
+    reader = None
+    try:
+        reader = KafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            request_timeout_ms=KAFKA_TIMEOUT_MS + 1000,
+            client_id="ccd-dead-letter-reader",
+        )
+        _read_dead_letter_tail(reader, settings, marks)
+    except Exception as error:
+        log.warning(
+            "cannot read the dead-letter topic (%s): re-read records may be parked twice", error
+        )
+    finally:
+        if reader is not None:
+            reader.close()
+    return marks
+
+
+def _read_dead_letter_tail(reader: Any, settings: Settings, marks: dict[int, int]) -> None:
+    from kafka import TopicPartition
+
+    topic = settings.kafka_dead_letter_topic
+    partitions = [
+        TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())
+    ]
+    if not partitions:
+        return
+    reader.assign(partitions)
+    ends = reader.end_offsets(partitions)
+    starts = reader.beginning_offsets(partitions)
+    for partition in partitions:
+        reader.seek(partition, max(starts[partition], ends[partition] - DEAD_LETTER_TAIL))
+    deadline = time.monotonic() + 2 * KAFKA_TIMEOUT_MS / 1000
+    while any(reader.position(p) < ends[p] for p in partitions):
+        if time.monotonic() > deadline:
+            raise TimeoutError("reading the tail of the dead-letter topic timed out")
+        for messages in reader.poll(timeout_ms=500).values():
+            for message in messages:
+                _mark_parked(marks, message.headers or (), settings.kafka_topic)
+
+
+def _mark_parked(marks: dict[int, int], headers: Any, events_topic: str) -> None:
+    """Raise ``marks`` to the source position a dead letter's last ``source`` header names."""
+    sources = [value for name, value in headers if name == "source"]
+    parsed = parse_source(sources[-1]) if sources else None
+    if parsed is not None and parsed[0] == events_topic:
+        marks[parsed[1]] = max(marks.get(parsed[1], -1), parsed[2])
+
+
 class KafkaEventConsumer:
     """The trainer's consumer in group ``settings.kafka_group_id``; commits explicitly."""
 
     def __init__(self, settings: Settings) -> None:
-        from kafka import KafkaConsumer, KafkaProducer
+        from kafka import KafkaConsumer
 
         self._settings = settings
         self._unreachable = False
@@ -216,15 +309,9 @@ class KafkaEventConsumer:
             reconnect_backoff_max_ms=KAFKA_RECONNECT_BACKOFF_MAX_MS,
             client_id="ccd-trainer",
         )
-        self._dead_letters = KafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            acks="all",
-            max_block_ms=KAFKA_TIMEOUT_MS,
-            request_timeout_ms=KAFKA_TIMEOUT_MS,
-            delivery_timeout_ms=2 * KAFKA_TIMEOUT_MS,
-            reconnect_backoff_max_ms=KAFKA_RECONNECT_BACKOFF_MAX_MS,
-            client_id="ccd-dead-letter",
-        )
+        self._dead_letters = self._dead_letter_producer()
+        # Per partition of the events topic, the highest offset already parked.
+        self._parked = read_dead_letter_marks(settings)
 
     def poll(self, max_records: int, timeout_s: float) -> list[LogRecord]:
         """Records after the current position; none while the broker cannot be reached
@@ -243,7 +330,7 @@ class KafkaEventConsumer:
             time.sleep(timeout_s)
             return []
         records = [
-            LogRecord(partition=m.partition, offset=m.offset, value=m.value)
+            LogRecord(m.partition, m.offset, m.value, m.key, tuple(m.headers or ()))
             for messages in batches.values()
             for m in messages
         ]
@@ -262,19 +349,75 @@ class KafkaEventConsumer:
         if offsets:
             self._consumer.commit(offsets=offsets)
 
-    def dead_letter(self, record: LogRecord, reason: str) -> None:
+    def dead_letter(self, record: LogRecord, reason: str) -> bool:
+        """Sends ``record`` to the dead-letter topic with its key and headers, plus headers
+        ``reason`` and ``source`` (topic/partition/offset) after the original ones. The send is
+        acknowledged before this returns, so the parked position can be trusted."""
+        from kafka.errors import MessageSizeTooLargeError
+
+        if record.offset <= self._parked.get(record.partition, -1):
+            return False
+        source = f"{self._settings.kafka_topic}/{record.partition}/{record.offset}"
         headers = [
+            *((name, b"" if value is None else value) for name, value in record.headers),
             ("reason", reason.encode()[:1000]),
-            ("source", f"{self._settings.kafka_topic}/{record.partition}/{record.offset}".encode()),
+            ("source", source.encode()),
         ]
-        future = self._dead_letters.send(
-            self._settings.kafka_dead_letter_topic, value=record.value, headers=headers
+        value = record.value
+        if value is None and record.key is None:
+            # Kafka allows a record with neither; kafka-python refuses to send one.
+            value, headers = b"", [*headers, ("null-value", b"1")]
+        try:
+            self._send_dead_letter(value, record.key, headers)
+        except MessageSizeTooLargeError:
+            # A dead-letter topic created elsewhere, with a smaller limit: park the start.
+            assert value is not None
+            truncated = ("truncated-from", str(len(value)).encode())
+            self._send_dead_letter(
+                value[:DEAD_LETTER_TRUNCATED_BYTES], record.key, [*headers, truncated]
+            )
+        self._parked[record.partition] = record.offset
+        return True
+
+    def _dead_letter_producer(self) -> Any:
+        from kafka import KafkaProducer
+
+        return KafkaProducer(
+            bootstrap_servers=self._settings.kafka_bootstrap_servers,
+            acks="all",
+            max_block_ms=KAFKA_TIMEOUT_MS,
+            request_timeout_ms=KAFKA_TIMEOUT_MS,
+            delivery_timeout_ms=2 * KAFKA_TIMEOUT_MS,
+            reconnect_backoff_max_ms=KAFKA_RECONNECT_BACKOFF_MAX_MS,
+            max_request_size=DEAD_LETTER_MAX_BYTES,
+            client_id="ccd-dead-letter",
         )
-        future.get(timeout=2 * KAFKA_TIMEOUT_MS / 1000)
+
+    def _send_dead_letter(
+        self, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None:
+        from kafka.errors import KafkaError
+
+        try:
+            future = self._dead_letters.send(
+                self._settings.kafka_dead_letter_topic, value=value, key=key, headers=headers
+            )
+            future.get(timeout=2 * KAFKA_TIMEOUT_MS / 1000)
+        except KafkaError as error:
+            if not getattr(error, "retriable", False):
+                # kafka-python's idempotent producer refuses every later send after a fatal
+                # error (a record the broker finds too large is one): start a fresh one.
+                self._dead_letters.close(timeout=0)
+                self._dead_letters = self._dead_letter_producer()
+            raise
 
     def close(self) -> None:
         self._consumer.close(autocommit=False)
         self._dead_letters.close(timeout=KAFKA_TIMEOUT_MS / 1000)
+
+
+def _encoded(key: str | None) -> bytes | None:
+    return None if key is None else key.encode()
 
 
 # --- embedded SQLite ------------------------------------------------------------------------
@@ -295,7 +438,8 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     source_offset INTEGER NOT NULL,
     value BLOB NOT NULL,
     reason TEXT NOT NULL,
-    dead_at REAL NOT NULL
+    dead_at REAL NOT NULL,
+    key TEXT
 );
 """
 _POLL_SLEEP_S = 0.05
@@ -308,6 +452,9 @@ def _connect_sqlite(path: Path) -> sqlite3.Connection:
     connection.execute("PRAGMA journal_mode=WAL")
     connection.execute("PRAGMA synchronous=NORMAL")  # durable at WAL checkpoints; fast appends
     connection.executescript(_SCHEMA)
+    columns = {row[1] for row in connection.execute("PRAGMA table_info(dead_letters)")}
+    if "key" not in columns:  # a log made before dead letters kept the message's key
+        connection.execute("ALTER TABLE dead_letters ADD COLUMN key TEXT")
     return connection
 
 
@@ -351,6 +498,8 @@ class SqliteEventConsumer:
         self._connection = _connect_sqlite(path)
         self._group_id = group_id
         self._position = self.committed_offset()
+        row = self._connection.execute("SELECT MAX(source_offset) FROM dead_letters").fetchone()
+        self._parked = -1 if row[0] is None else int(row[0])  # highest offset parked already
 
     def committed_offset(self) -> int:
         """The first offset not yet committed by this group (1 before any commit)."""
@@ -363,7 +512,7 @@ class SqliteEventConsumer:
         deadline = time.monotonic() + timeout_s
         while True:
             rows = self._connection.execute(
-                "SELECT seq, value FROM messages WHERE seq >= ? ORDER BY seq LIMIT ?",
+                "SELECT seq, value, key FROM messages WHERE seq >= ? ORDER BY seq LIMIT ?",
                 (self._position, max_records),
             ).fetchall()
             if rows or time.monotonic() >= deadline:
@@ -371,7 +520,10 @@ class SqliteEventConsumer:
             time.sleep(min(_POLL_SLEEP_S, max(0.0, deadline - time.monotonic())))
         if rows:
             self._position = int(rows[-1][0]) + 1
-        return [LogRecord(SQLITE_PARTITION, int(offset), bytes(value)) for offset, value in rows]
+        return [
+            LogRecord(SQLITE_PARTITION, int(offset), bytes(value), _encoded(key))
+            for offset, value, key in rows
+        ]
 
     def commit(self, records: list[LogRecord]) -> None:
         offset = next_offsets(records).get(SQLITE_PARTITION)
@@ -383,11 +535,17 @@ class SqliteEventConsumer:
             (self._group_id, offset),
         )
 
-    def dead_letter(self, record: LogRecord, reason: str) -> None:
+    def dead_letter(self, record: LogRecord, reason: str) -> bool:
+        if record.offset <= self._parked:
+            return False
+        key = None if record.key is None else record.key.decode(errors="replace")
         self._connection.execute(
-            "INSERT INTO dead_letters (source_offset, value, reason, dead_at) VALUES (?, ?, ?, ?)",
-            (record.offset, record.value, reason, time.time()),
+            "INSERT INTO dead_letters (source_offset, value, reason, dead_at, key) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (record.offset, record.value or b"", reason, time.time(), key),
         )
+        self._parked = record.offset
+        return True
 
     def dead_letters(self) -> list[tuple[int, bytes, str]]:
         """``(source_offset, value, reason)`` of every parked message, oldest first."""
@@ -395,6 +553,11 @@ class SqliteEventConsumer:
             "SELECT source_offset, value, reason FROM dead_letters ORDER BY id"
         ).fetchall()
         return [(int(offset), bytes(value), str(reason)) for offset, value, reason in rows]
+
+    def dead_letter_keys(self) -> list[str | None]:
+        """The original key of every parked message, oldest first."""
+        rows = self._connection.execute("SELECT key FROM dead_letters ORDER BY id").fetchall()
+        return [key for (key,) in rows]
 
     def close(self) -> None:
         self._connection.close()

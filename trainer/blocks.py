@@ -40,7 +40,9 @@ class BlockPolicy:
 @dataclass
 class OpenBlock:
     """Events gathered for block ``index`` so far (indices into the id maps) and the log
-    positions it spans (every record read, malformed and duplicate ones included)."""
+    positions it spans (every record read, malformed and duplicate ones included). Only the
+    first and last position per partition are kept, never a record's bytes: junk between two
+    events costs no memory however large it is."""
 
     index: int
     policy: BlockPolicy
@@ -51,13 +53,23 @@ class OpenBlock:
     items: list[int] = field(default_factory=list)
     first_timestamp: float = float("inf")
     last_timestamp: float = float("-inf")
-    records: list[LogRecord] = field(default_factory=list)
+    spans: dict[int, list[int]] = field(default_factory=dict)  # partition: [first, last]
     opened_at: float | None = None  # clock time of the first event
     key_digest: int = 0  # sum of the events' dedup hashes modulo 2**64 (order-free audit)
 
     def add_record(self, record: LogRecord) -> None:
         """Count ``record``'s position as part of this block (to commit with it)."""
-        self.records.append(record)
+        span = self.spans.setdefault(record.partition, [record.offset, record.offset])
+        span[0], span[1] = min(span[0], record.offset), max(span[1], record.offset)
+
+    def last_records(self) -> list[LogRecord]:
+        """Per partition, the last position read, as a value-less record (what a commit of
+        everything this block read needs)."""
+        return [LogRecord(partition, last, None) for partition, (_, last) in self.spans.items()]
+
+    def forget_records(self) -> None:
+        """Drop the positions read so far (they were committed with no event to keep)."""
+        self.spans.clear()
 
     def add_event(self, user: int, item: int, timestamp: float, key_hash: int = 0) -> None:
         """Add one event; ``key_hash`` is its ``dedup_hash`` (summed into ``key_digest``)."""
@@ -94,11 +106,7 @@ class OpenBlock:
 
     def log_range(self) -> dict[str, list[int]]:
         """Per partition (as a string, for JSON), the first and last log offset read."""
-        spans: dict[str, list[int]] = {}
-        for record in self.records:
-            span = spans.setdefault(str(record.partition), [record.offset, record.offset])
-            span[0], span[1] = min(span[0], record.offset), max(span[1], record.offset)
-        return spans
+        return {str(partition): list(span) for partition, span in self.spans.items()}
 
     def seconds_left(self) -> float:
         """Until the interval runs out (inf while the block has no event)."""

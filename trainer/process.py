@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import ValidationError
 
 from contracts.event_log import EventConsumer, LogRecord, next_offsets, open_consumer
 from contracts.events import InteractionEvent
@@ -62,6 +61,8 @@ class TrainerStats:
 
     events_consumed: int = 0  # valid, new events added to blocks
     malformed: int = 0
+    dead_lettered: int = 0
+    dead_lettered_before: int = 0  # malformed, re-read after a restart, parked the first time
     duplicates: int = 0
     skipped_applied: int = 0  # re-read after a crash, already in the checkpoint
     blocks: int = 0
@@ -291,6 +292,7 @@ class Trainer:
             else:
                 if self.block.should_close():
                     done += self._close_block(stop)
+                self._commit_eventless()
         log.info("trainer stopped after %d blocks this run", done)
 
     def _ingest(self, record: LogRecord) -> None:
@@ -300,8 +302,8 @@ class Trainer:
             return
         self.block.add_record(record)
         try:
-            event = InteractionEvent.from_bytes(record.value)
-        except (ValueError, ValidationError) as error:
+            event = parse_record(record)
+        except Exception as error:  # whatever a message holds, it must not stop the trainer
             self._reject(record, error)
             return
         key = dedup_hash(event.dedup_key())
@@ -314,6 +316,18 @@ class Trainer:
         if len(self.block) == max(1, self.block.size_limit() // 2):
             self.crash.hit("filling", self.block.index)
 
+    def _commit_eventless(self) -> None:
+        """While the open block holds no event, everything it read was dead-lettered or a copy
+        of an applied event: commit past it now, so that junk alone still moves the offsets
+        and is not read (and parked) again after a restart."""
+        if len(self.block) or not self.block.spans or self.pending is not None:
+            return
+        records = self.block.last_records()
+        for partition, offset in next_offsets(records).items():
+            self.applied_offsets[partition] = max(self.applied_offsets.get(partition, 0), offset)
+        self._commit(records)
+        self.block.forget_records()
+
     def _reject(self, record: LogRecord, error: Exception) -> None:
         self.stats.malformed += 1
         reason = str(error).replace("\n", " ")[:500]
@@ -323,7 +337,7 @@ class Trainer:
                 record.partition,
                 record.offset,
                 reason,
-                record.value[:200],
+                None if record.value is None else record.value[:200],
             )
         elif unlogged := self.malformed_warnings.summary():
             log.warning(
@@ -336,7 +350,10 @@ class Trainer:
                 reason,
             )
         try:
-            self.consumer.dead_letter(record, reason)
+            if self.consumer.dead_letter(record, reason):
+                self.stats.dead_lettered += 1
+            else:
+                self.stats.dead_lettered_before += 1
         except Exception as dead_letter_error:  # never let one bad message stall the stream
             log.error(
                 "could not dead-letter %d/%d: %s",
@@ -389,7 +406,7 @@ class Trainer:
         )
         np.add.at(self.item_counts, items, 1)
         self.seen = insert_sorted(self.seen, pairs)
-        for partition, offset in next_offsets(block.records).items():
+        for partition, offset in next_offsets(block.last_records()).items():
             self.applied_offsets[partition] = max(self.applied_offsets.get(partition, 0), offset)
         self.stats.blocks += 1
         self.pending = meta = self._block_meta(block, data, metrics, seconds)
@@ -404,7 +421,7 @@ class Trainer:
             return 0  # stopped while the store was down: the next start publishes it
         seconds["publish"] = time.perf_counter() - tick
         self.crash.hit("published", block.index)
-        self._commit(block.records)
+        self._commit(block.last_records())
         self.crash.hit("committed", block.index)
         self.stats.last_block_seconds = time.perf_counter() - started
         self.stats.last_metrics = metrics
@@ -599,6 +616,13 @@ class Trainer:
     def close(self) -> None:
         self.consumer.close()
         self.store.close()
+
+
+def parse_record(record: LogRecord) -> InteractionEvent:
+    """The event a raw message holds; raises (naming why) when it holds none."""
+    if record.value is None:
+        raise ValueError("null value (a tombstone), not an event")
+    return InteractionEvent.from_bytes(record.value)
 
 
 def pair_keys(users: np.ndarray, items: np.ndarray) -> np.ndarray:

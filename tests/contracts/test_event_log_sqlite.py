@@ -65,6 +65,22 @@ def test_dead_letters_keep_value_reason_and_position(tmp_path: Path) -> None:
         (1, b"not json", "invalid JSON"),
         (2, b'{"user_id": ""}', "user_id too short"),
     ]
+    assert consumer.dead_letter_keys() == [None, "k"]
+
+
+def test_a_record_is_dead_lettered_once_even_when_read_again(tmp_path: Path) -> None:
+    # A trainer that parked records and crashed before committing past them reads them again.
+    path = tmp_path / "log.sqlite"
+    SqliteEventLog(path).append_raw([b"a", b"b", b"c"], ["k1", "k2", "k3"])
+    first = SqliteEventConsumer(path, group_id="g")
+    one, two, _ = first.poll(10, 0.1)
+    assert first.dead_letter(one, "bad") and first.dead_letter(two, "bad")
+    assert not first.dead_letter(one, "bad")
+    first.close()
+    again = SqliteEventConsumer(path, group_id="g")
+    one, two, three = again.poll(10, 0.1)  # nothing committed: all three again
+    assert [again.dead_letter(r, "bad") for r in (one, two, three)] == [False, False, True]
+    assert [offset for offset, _, _ in again.dead_letters()] == [1, 2, 3]
 
 
 def test_poll_waits_for_the_timeout_when_empty(tmp_path: Path) -> None:

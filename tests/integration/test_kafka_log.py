@@ -105,6 +105,66 @@ def test_dead_letter_carries_the_value_and_the_reason(service_settings: Settings
     )
 
 
+def dead_letters(settings: Settings, count: int) -> list:
+    reader = KafkaConsumer(
+        settings.kafka_dead_letter_topic,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=3000,
+    )
+    messages = []
+    for message in reader:
+        messages.append(message)
+    reader.close()
+    assert len(messages) == count, [m.offset for m in messages]
+    return messages
+
+
+def test_a_new_consumer_does_not_park_a_parked_record_again(service_settings: Settings) -> None:
+    settings = service_settings
+    log = KafkaEventLog(settings)
+    log.append_raw([b"bad-1", b"bad-2", b"bad-3"], ["k1", None, "k3"])
+    log.close()
+    first = KafkaEventConsumer(settings)
+    one, two, _ = poll_until(first, 3)
+    assert first.dead_letter(one, "bad") and first.dead_letter(two, "bad")
+    first.close()  # nothing committed, as after a crash
+    again = KafkaEventConsumer(settings)  # learns the parked positions from the topic's tail
+    records = poll_until(again, 3)
+    assert [again.dead_letter(r, "bad") for r in records] == [False, False, True]
+    again.close()
+    parked = dead_letters(settings, 3)
+    assert [m.key for m in parked] == [b"k1", None, b"k3"]
+    assert [m.value for m in parked] == [b"bad-1", b"bad-2", b"bad-3"]
+
+
+def test_a_record_too_large_for_the_dead_letter_topic_is_parked_truncated(
+    service_settings: Settings,
+) -> None:
+    from kafka.admin import NewTopic
+
+    settings = service_settings
+    # A dead-letter topic made elsewhere, with a limit below the events topic's.
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    dead = NewTopic(
+        settings.kafka_dead_letter_topic, 1, 1, topic_configs={"max.message.bytes": "200000"}
+    )
+    admin.create_topics([dead])
+    admin.close()
+    big = b"y" * 500_000
+    log = KafkaEventLog(settings)
+    log.append_raw([big], ["k"])
+    log.close()
+    consumer = KafkaEventConsumer(settings)
+    (record,) = poll_until(consumer, 1)
+    assert consumer.dead_letter(record, "not JSON")
+    consumer.close()
+    (message,) = dead_letters(settings, 1)
+    headers = dict(message.headers)
+    assert message.value == big[:65536] and message.key == b"k"
+    assert headers["truncated-from"] == b"500000" and headers["reason"] == b"not JSON"
+
+
 def test_a_dead_broker_gives_a_quick_event_log_unavailable() -> None:
     # Nothing listens on port 1: the append must fail fast, not hang.
     settings = Settings(kafka_bootstrap_servers="127.0.0.1:1")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import random
+import tracemalloc
 
 import pytest
 
@@ -59,10 +60,29 @@ def test_later_blocks_close_after_the_interval_with_enough_events() -> None:
     assert block.should_close()
 
 
-def test_records_are_kept_for_the_commit() -> None:
+def test_record_positions_are_kept_for_the_commit() -> None:
     block = OpenBlock(1, POLICY)
-    block.add_record(LogRecord(0, 4, b"x"))
-    assert block.records == [LogRecord(0, 4, b"x")] and len(block) == 0
+    for partition, offset in [(0, 4), (1, 9), (0, 7), (0, 5)]:
+        block.add_record(LogRecord(partition, offset, b"x"))
+    assert len(block) == 0
+    assert block.last_records() == [LogRecord(0, 7, None), LogRecord(1, 9, None)]
+    assert block.log_range() == {"0": [4, 7], "1": [9, 9]}
+    block.forget_records()
+    assert block.last_records() == [] and block.log_range() == {}
+
+
+def test_a_block_keeps_no_bytes_of_the_records_it_read() -> None:
+    # 60 rejected 1 MB messages between two events must not stay in memory until the block
+    # closes (the trainer grew by ~540 MB with 600 junk messages of 900 KB).
+    block = OpenBlock(1, POLICY)
+    tracemalloc.start()
+    try:
+        for offset in range(60):
+            block.add_record(LogRecord(0, offset, bytes(1_000_000)))
+        kept = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert kept < 100_000, kept
 
 
 def test_dedup_window_drops_repeats_and_forgets_the_oldest() -> None:

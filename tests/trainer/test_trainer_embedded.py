@@ -157,8 +157,8 @@ class NoCommitConsumer:
     def commit(self, records: list[LogRecord]) -> None:
         pass
 
-    def dead_letter(self, record: LogRecord, reason: str) -> None:
-        self.inner.dead_letter(record, reason)
+    def dead_letter(self, record: LogRecord, reason: str) -> bool:
+        return self.inner.dead_letter(record, reason)
 
     def close(self) -> None:
         self.inner.close()
@@ -279,3 +279,41 @@ def test_the_ccd_learner_publishes_and_resumes_from_its_checkpoint(settings: Set
     assert meta["prequential"]["users"] > 0
     with pytest.raises(RuntimeError, match="learner 'ccd'"):
         Trainer(settings.model_copy(update={"learner": "bpr"}))
+
+
+def run_until(trainer: Trainer, condition: object, timeout_s: float = 30.0) -> None:
+    """Run ``trainer`` in a thread until ``condition()`` holds (or the timeout), then stop it."""
+    stop = threading.Event()
+    thread = threading.Thread(target=trainer.run, args=(stop,))
+    thread.start()
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:  # type: ignore[operator]
+        time.sleep(0.05)
+    stop.set()
+    thread.join(30)
+    trainer.close()
+    assert not thread.is_alive()
+
+
+JUNK = [b"", b"\xff\xfe\x00binary", b"null", b"[]", b'{"user_id": "u1"}']
+
+
+def test_junk_alone_is_dead_lettered_once_and_committed_past(settings: Settings) -> None:
+    SqliteEventLog(settings.event_log_path).append_raw(JUNK, [None, "k", None, "k", "u1"])
+    # The first trainer parks everything but crashes (for the log) before committing.
+    lost_commit = Trainer(settings, consumer=NoCommitConsumer(open_consumer(settings)))
+    run_until(lost_commit, lambda: lost_commit.stats.malformed == len(JUNK))
+    assert lost_commit.stats.dead_lettered == len(JUNK) and committed(settings) == 1
+
+    # No valid event follows, yet the restarted trainer commits past the junk, parking none
+    # of it a second time.
+    restarted = Trainer(settings)
+    run_until(restarted, lambda: committed(settings) == len(JUNK) + 1)
+    assert committed(settings) == len(JUNK) + 1
+    assert (restarted.stats.dead_lettered, restarted.stats.dead_lettered_before) == (0, 5)
+    parked = SqliteEventConsumer(settings.event_log_path, "x")
+    assert [(offset, value) for offset, value, _ in parked.dead_letters()] == list(
+        enumerate(JUNK, start=1)
+    )
+    assert parked.dead_letter_keys() == [None, "k", None, "k", "u1"]
+    assert FileModelStore(settings.model_store_dir).versions() == []
