@@ -31,6 +31,11 @@ UP_USERS = 1_000
 UP_ITEMS = 500
 # How long `ccd up` waits for a child to exit after SIGTERM before killing it.
 CHILD_STOP_TIMEOUT_S = 15.0
+# How often a `ccd up` child checks that its parent is still there.
+PARENT_POLL_S = 0.5
+# The signals that stop `ccd up` and all of its children (Ctrl-C, `kill`/`docker stop`/systemd,
+# a closed terminal).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 def package_version() -> str:
@@ -151,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         "By default streams a synthetic interaction generator into the embedded log, with "
         f"small blocks ({UP_SETTINGS['base_block_size']} events, then "
         f"{UP_SETTINGS['block_size']}) so that model versions appear within a minute. "
-        "Ctrl-C stops everything.",
+        "Ctrl-C (or SIGTERM, SIGHUP) stops everything.",
     )
     _add_server(up)
     up.add_argument(
@@ -327,22 +332,38 @@ def cmd_up(args: argparse.Namespace) -> int:
     }
     context = multiprocessing.get_context("spawn")
     config = settings.model_dump(mode="json")
+    parent = os.getpid()
     children = [
-        context.Process(target=_trainer_child, args=(config,), name="trainer"),
-        context.Process(target=_producer_child, args=(config, source), name="producer"),
+        context.Process(target=_trainer_child, args=(config, parent), name="trainer"),
+        context.Process(target=_producer_child, args=(config, source, parent), name="producer"),
     ]
-    for child in children:
-        child.start()
+    _interrupt_on_stop_signals()  # before the children exist: no signal may skip their stop
     stopping = threading.Event()
-    threading.Thread(target=_report_exits, args=(children, stopping), daemon=True).start()
-    _print_banner(settings, args.data)
     try:
+        for child in children:
+            child.start()
+        threading.Thread(target=_report_exits, args=(children, stopping), daemon=True).start()
+        _print_banner(settings, args.data)
         _serve(settings)
     except KeyboardInterrupt:
-        pass  # uvicorn re-raises the Ctrl-C it handled; the children are stopped below
+        pass  # a stop signal outside uvicorn's own handling; the children are stopped below
     finally:
         _stop_children(children, stopping)
     return 0
+
+
+def _interrupt_on_stop_signals() -> None:
+    """SIGTERM and SIGHUP stop `ccd up` as Ctrl-C does. While uvicorn serves, it handles SIGINT
+    and SIGTERM itself (a graceful shutdown) and then raises the signal again with the handlers
+    in place before it: SIGTERM's default would end the process there, before the children are
+    stopped, leaving them orphaned. SIGHUP, which uvicorn does not handle, is turned into a
+    SIGTERM so that it takes the same path."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGHUP, lambda signum, frame: signal.raise_signal(signal.SIGTERM))
 
 
 def _print_banner(settings: Any, data: Path | None) -> None:
@@ -388,28 +409,43 @@ def _stop_on_sigterm(stop: threading.Event | None) -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
-def _child_setup(config: dict[str, Any], stop: threading.Event | None = None) -> Any:
-    """In a `ccd up` child: Ctrl-C belongs to the parent, which stops us with SIGTERM."""
+def _child_setup(config: dict[str, Any], parent: int, stop: threading.Event | None = None) -> Any:
+    """In a `ccd up` child: Ctrl-C and a closed terminal belong to the parent, which stops us
+    with SIGTERM; if the parent disappears without doing so (``kill -9``), we stop ourselves."""
     from contracts.settings import Settings
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     _stop_on_sigterm(stop)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     settings = Settings(**config)
     configure_logging(settings.log_level)
+    log.info("%s started (pid %d)", multiprocessing.current_process().name, os.getpid())
     return settings
 
 
-def _trainer_child(config: dict[str, Any]) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """Once ``parent`` is no longer our parent (it died and we were re-parented), stop as on a
+    SIGTERM from it, and end at once if that takes longer than the parent would have waited."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    log.warning("the `ccd up` process %d is gone: stopping", parent)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(CHILD_STOP_TIMEOUT_S)
+    os._exit(1)
+
+
+def _trainer_child(config: dict[str, Any], parent: int) -> None:
     stop = threading.Event()
-    settings = _child_setup(config, stop)
+    settings = _child_setup(config, parent, stop)
     from trainer.process import run_trainer
 
     run_trainer(settings, stop=stop)
 
 
-def _producer_child(config: dict[str, Any], source: dict[str, Any]) -> None:
+def _producer_child(config: dict[str, Any], source: dict[str, Any], parent: int) -> None:
     os.environ["TQDM_DISABLE"] = "1"  # no progress bar amid the server's log lines
-    settings = _child_setup(config)
+    settings = _child_setup(config, parent)
     from trainer.producer import produce, read_events
     from trainer.synthetic import SyntheticStream
 
@@ -453,14 +489,22 @@ def _report_exits(children: list[Any], stopping: threading.Event) -> None:
 
 
 def _stop_children(children: list[Any], stopping: threading.Event) -> None:
+    """SIGTERM to each running child, SIGKILL to one still running after
+    ``CHILD_STOP_TIMEOUT_S`` or once another stop signal arrives meanwhile (an impatient
+    second Ctrl-C must hurry the stop, not abandon it)."""
     stopping.set()
-    running = [child for child in children if child.is_alive()]
+    hurry = threading.Event()
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, lambda signum, frame: hurry.set())
+    running = [child for child in children if child.pid is not None and child.is_alive()]
     for child in running:
         child.terminate()
+    deadline = time.monotonic() + CHILD_STOP_TIMEOUT_S
     for child in running:
-        child.join(CHILD_STOP_TIMEOUT_S)
+        while child.is_alive() and not hurry.is_set() and time.monotonic() < deadline:
+            child.join(0.1)
         if child.is_alive():
-            log.warning("%s did not stop in %.0f s; killing it", child.name, CHILD_STOP_TIMEOUT_S)
+            log.warning("%s did not stop in time; killing it", child.name)
             child.kill()
             child.join()
         _log_exit(child)

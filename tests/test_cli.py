@@ -120,3 +120,73 @@ def _wait_for_recommendation(port: int, min_version: int, timeout_s: float) -> d
             pass  # not listening yet
         time.sleep(0.5)
     raise AssertionError(f"no model version {min_version} within {timeout_s} s: {last}")
+
+
+def _descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (children of children too)."""
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        for task in Path(f"/proc/{current}/task").glob("*"):
+            try:
+                children = (task / "children").read_text().split()
+            except OSError:
+                continue  # the task just ended
+            for child in map(int, children):
+                if child not in found:
+                    found.add(child)
+                    todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running, not merely a zombie waiting to be reaped."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP, signal.SIGKILL])
+def test_up_leaves_no_process_behind(tmp_path: Path, signum: int) -> None:
+    """`kill`, `docker stop` (SIGTERM), a closed terminal (SIGHUP) and `kill -9` of `ccd up`
+    end its trainer and producer too (SIGTERM once left them running as orphans)."""
+    port = _free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CCD_")}
+    env.update(CCD_LEARNER="bpr", CCD_TORCH_THREADS="1", PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "ccd", "up", "--port", str(port), "--rate", "50"]
+    command += ["--data-dir", str(tmp_path / "data"), "--users", "20", "--items", "20"]
+    log_path = tmp_path / "up.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    children: set[int] = set()
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            text = log_path.read_text()
+            if "trainer started (pid" in text and "producer started (pid" in text:
+                if signum == signal.SIGKILL or "Uvicorn running" in text:
+                    break
+            assert process.poll() is None, text[-3000:]
+            time.sleep(0.2)
+        children = _descendants(process.pid)
+        assert len(children) >= 2, (children, log_path.read_text()[-3000:])
+        process.send_signal(signum)
+        code = process.wait(timeout=40)
+        assert code == (-signal.SIGKILL if signum == signal.SIGKILL else 0)
+        deadline = time.monotonic() + 30
+        while any(map(_alive, children)) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = sorted(pid for pid in children if _alive(pid))
+        assert not left, f"left running: {left}\n{log_path.read_text()[-3000:]}"
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        for pid in children:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
