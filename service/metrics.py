@@ -97,7 +97,8 @@ class RequestMetricsMiddleware:
             await self.app(scope, receive, send_and_record_status)
         finally:
             route = scope.get("route")
-            template = getattr(route, "path", "unmatched")
+            # path_format: the template without converters ("{user_id}", not "{user_id:path}").
+            template = getattr(route, "path_format", None) or getattr(route, "path", "unmatched")
             method = scope["method"]
             self.metrics.latency.labels(method, template).observe(time.perf_counter() - started)
             self.metrics.requests.labels(method, template, str(status)).inc()

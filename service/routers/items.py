@@ -19,7 +19,7 @@ def build_router(settings: Settings) -> APIRouter:
     k_query = Query(ge=1, le=settings.max_k, description=f"Items to return, 1..{settings.max_k}")
 
     @router.get(
-        "/items/{item_id}/similar",
+        "/items/{item_id:path}/similar",  # `:path`: an id may hold "/"
         responses={
             404: {"model": ErrorMessage, "description": "The model does not know this item"},
             503: {"model": ErrorMessage, "description": "No model version loaded yet"},

@@ -27,7 +27,8 @@ from service.schemas import (
 from service.state import ServiceState, State
 
 _NO_MODEL = {503: {"model": ErrorMessage, "description": "No model version loaded yet"}}
-ONE_USER_ROUTE = "/recommendations/{user_id}"
+# `:path`: an id may hold "/" (the event contract allows it), as such or percent-encoded.
+ONE_USER_ROUTE = "/recommendations/{user_id:path}"
 
 
 def _default_k(max_k: int) -> int:
@@ -164,7 +165,7 @@ class OneUserFastLane:
         if not path.startswith(_PREFIX):
             return None
         user_id = path[len(_PREFIX) :]
-        if not 0 < len(user_id) <= MAX_ID_LENGTH or "/" in user_id:
+        if not 0 < len(user_id) <= MAX_ID_LENGTH:
             return None
         k, exclude_seen = self.default_k, True
         try:

@@ -130,3 +130,30 @@ def test_no_model_yet_is_503(client_factory: Callable[[], TestClient]) -> None:
     assert client.post("/recommendations", json={"user_ids": ["u0"]}).status_code == 503
     assert client.get("/items/i0/similar").status_code == 503
     assert client.get("/model").status_code == 503
+
+
+def test_ids_with_a_slash_are_reachable_as_such_and_percent_encoded(
+    client_factory: Callable[[], TestClient], store: FileModelStore
+) -> None:
+    # The event contract accepts any id of 1..256 characters, "/" included: every such id
+    # must be reachable by the GET routes (they were 404, even percent-encoded).
+    snapshot = make_snapshot()
+    snapshot.user_ids = ["team/u0", "u1"]
+    snapshot.item_ids = ["i0", "a/b", "i2/", "/i3", "i4"]
+    store.publish(snapshot)
+    client = client_factory()
+    wait_until(lambda: client.get("/health/ready").status_code == 200)
+    posted = client.post("/events", json={"user_id": "team/u0", "item_id": "i2/"})
+    assert posted.status_code == 202
+    for path in ("/recommendations/team/u0", "/recommendations/team%2Fu0"):
+        body = client.get(path, params={"k": 2}).json()
+        assert (body["user_id"], body["strategy"]) == ("team/u0", "personalized")
+        assert ranking(body) == [("/i3", 1.1), ("i0", 1.0)]  # "i2/" (2.0) was seen
+    for path in ("/items/a/b/similar", "/items/a%2Fb/similar"):
+        response = client.get(path, params={"k": 1})
+        assert response.status_code == 200, response.text
+        assert response.json()["item_id"] == "a/b"
+        assert response.json()["items"][0]["item_id"] == "i4"  # same direction as a/b
+    assert client.get("/items/i2//similar", params={"k": 1}).json()["item_id"] == "i2/"
+    metrics = client.get("/metrics").text
+    assert 'route="/recommendations/{user_id}",status="200"} 2.0' in metrics
