@@ -16,15 +16,17 @@ from typing import Any
 
 import torch
 
-from models.api import BlockData, BlockReport, Embeddings
+from models.api import BlockData, BlockReport, Embeddings, Interactions
 from models.ccd import (
     CCDConfig,
     best_score,
     block_from_state,
     block_state,
     bootstrap,
+    distill_block,
     member_from_state,
     member_state,
+    union_pairs,
 )
 from models.kd import distill
 from models.members import Member
@@ -83,6 +85,7 @@ class TeacherFineTuneLearner:
         self.teachers: list[Member] = []
         self.member: Member | None = None
         self.window: BlockData | None = None
+        self.history = Interactions.empty()  # every distinct train pair so far
         self.blocks_seen = 0
 
     @classmethod
@@ -93,6 +96,7 @@ class TeacherFineTuneLearner:
         (the replay runner forks one shared base training into each method)."""
         learner = cls(config)
         learner.teachers, learner.member, learner.window = teachers, student, block0
+        learner.history = union_pairs([block0.train], block0.n_items)
         learner.blocks_seen = 1
         return learner
 
@@ -104,11 +108,12 @@ class TeacherFineTuneLearner:
             return self._learn_block(block, cfg, seed)
 
     def _learn_block(self, block: BlockData, cfg: CCDConfig, seed: int) -> BlockReport:
+        self.history = union_pairs([self.history, block.train], block.n_items)
         if not self.teachers:
             self.teachers, kd, report = bootstrap(cfg, block, seed)
         else:
             times: dict[str, float] = {}
-            ctx = TeacherContext(TeacherWindow.of(block), None, None, [], None)
+            ctx = TeacherContext(TeacherWindow.of(block), None, None, [], None, self.history)
             started = time.perf_counter()
             scores = {}
             for i, member in enumerate(self.teachers):
@@ -117,7 +122,8 @@ class TeacherFineTuneLearner:
             times["teacher_update"] = time.perf_counter() - started
             started = time.perf_counter()
             teacher = ensemble_scorer(self.teachers, block.n_items, cfg.ensemble_power)
-            kd = distill(teacher, block, cfg, None, seed + cfg.student_seed)
+            kd_block = distill_block(block, self.history, cfg)
+            kd = distill(teacher, kd_block, cfg, None, seed + cfg.student_seed)
             times["distill"] = time.perf_counter() - started
             info = {
                 "teacher_updated": True,
@@ -148,6 +154,7 @@ class TeacherFineTuneLearner:
             "teachers": [member_state(m) for m in self.teachers],
             "member": member_state(self.member),
             "window": None if self.window is None else block_state(self.window),
+            "history": {"users": self.history.users, "items": self.history.items},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -156,3 +163,5 @@ class TeacherFineTuneLearner:
         self.teachers = [member_from_state(m) for m in state["teachers"]]
         self.member = member_from_state(state["member"])
         self.window = None if state["window"] is None else block_from_state(state["window"])
+        history = state.get("history")  # absent from checkpoints of settings that do not read it
+        self.history = Interactions.empty() if history is None else Interactions(**history)

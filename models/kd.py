@@ -341,8 +341,8 @@ def distill(
         validation_recall(student, block),
         student,
         cfg.kd_epochs,
-        cfg.eval_every,
-        cfg.patience,
+        cfg.eval_every if cfg.kd_eval_every is None else cfg.kd_eval_every,
+        cfg.patience if cfg.kd_patience is None else cfg.kd_patience,
         skip_unselectable=True,
     )
     student.eval()

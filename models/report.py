@@ -50,6 +50,9 @@ METHOD_NOTES = {
     "teacher_ft": "teacher members fine-tuned with plain BPR per block, student re-distilled "
     "from them every block (no collaboration)",
     "frozen": "T_0 and the one-time-distilled D_0, never updated",
+    "als": "iALS (the implicit library) retrained from scratch on all train data so far after "
+    "every block: teacher = at the teacher's size, student = at the student's size; "
+    "hyper-parameters chosen on D0's validation split",
 }
 
 
@@ -229,6 +232,10 @@ def _gain_table(results: RunResults, summary: Mapping[str, Any]) -> list[str]:
         columns.append(hmean_gains(summary, role, "ndcg@20", "hmean_with_d0", CL_BASELINES))
         header.append(f"{role} R@20 vs frozen (incl. D0)")
         columns.append(hmean_gains(summary, role, "recall@20", "hmean_with_d0", ("frozen",)))
+        if "als" in summary:
+            for metric, name in (("recall@20", "R@20"), ("ndcg@20", "N@20")):
+                header.append(f"{role} {name} vs als (incl. D0)")
+                columns.append(hmean_gains(summary, role, metric, "hmean_with_d0", ("als",)))
         if paper:
             header.append(f"paper {role}")
             columns.append({k + 1: (v, "") for k, v in enumerate(paper[role])})

@@ -39,6 +39,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from models.als import ALSLearner
 from models.api import BlockData, BlockReport
 from models.baselines import FineTuneLearner
 from models.ccd import CCDConfig, CCDLearner
@@ -57,7 +58,9 @@ from models.teacher_update import ensemble_scorer
 
 log = logging.getLogger("ccd.replay")
 
-METHODS = ("ccd", "teacher_ft", "ft", "frozen")  # training order: ft reads teacher_ft's teacher
+# Training order: ft reads teacher_ft's teacher. ``als`` is what a team would run instead.
+METHODS = ("ccd", "teacher_ft", "ft", "frozen", "als")
+OWN_BASE = ("als",)  # methods that do not start from the shared base training on D0
 ROLES = ("teacher", "student")
 KS = (20, 50)
 EPOCH_FIELDS = ("base_epochs", "kd_epochs", "student_epochs", "teacher_epochs")
@@ -239,6 +242,49 @@ class FrozenMethod:
         }
 
 
+class ALSMethod:
+    """iALS retrained from scratch on all train data so far after every block, at the teacher's
+    size (role ``teacher``) and at the student's (role ``student``); each size's
+    hyper-parameters chosen on D0's validation split. It does not start from the shared base
+    training: its D0 models are its own (``own_base``)."""
+
+    own_base = True
+
+    def __init__(self, teacher: ALSLearner, student: ALSLearner) -> None:
+        self.learners = {"teacher": teacher, "student": student}
+        self.base_report = BlockReport()
+
+    @classmethod
+    def fork(cls, cfg: CCDConfig, block0: BlockData) -> ALSMethod:
+        method = cls(
+            ALSLearner(cfg.teacher_dim, seed=cfg.seed), ALSLearner(cfg.student_dim, seed=cfg.seed)
+        )
+        method.base_report = method.learn_block(block0)
+        return method
+
+    def learn_block(self, block: BlockData) -> BlockReport:
+        report = BlockReport()
+        for role, learner in self.learners.items():
+            part = learner.learn_block(block)
+            report.stage_seconds |= {f"{role}_{k}": v for k, v in part.stage_seconds.items()}
+            report.info[role] = part.info
+        return report
+
+    def models(self) -> dict[str, ModelRef]:
+        refs = {}
+        for role, learner in self.learners.items():
+            assert learner.member is not None
+            member = learner.member
+            member.eval()
+            refs[role] = ModelRef(
+                f"als/{role}",
+                learner.blocks_seen,
+                embedding_scorer(member.export()),
+                count_params([member]),
+            )
+        return refs
+
+
 def base_models(base: CCDLearner, block0: BlockData) -> dict[str, ModelRef]:
     """T_0 and D_0 right after the base block, under the keys ``FrozenMethod`` reuses."""
     assert base.distilled is not None
@@ -249,9 +295,16 @@ def base_models(base: CCDLearner, block0: BlockData) -> dict[str, ModelRef]:
     }
 
 
-def fork_methods(base: CCDLearner, block0: BlockData, names: Sequence[str]) -> dict[str, Any]:
-    """One method per name, each from its own copy of the base state (``ccd`` keeps ``base``)."""
+def fork_methods(
+    base: CCDLearner | None, cfg: CCDConfig, block0: BlockData, names: Sequence[str]
+) -> dict[str, Any]:
+    """One method per name, each from its own copy of the base state (``ccd`` keeps ``base``;
+    ``base`` may be None when only methods with their own base training run)."""
     methods: dict[str, Any] = {}
+    if "als" in names:
+        methods["als"] = ALSMethod.fork(cfg, block0)
+    if base is None:
+        return methods
     teacher_ft = None
     if "teacher_ft" in names or "ft" in names:
         teacher_ft = TeacherFineTuneMethod.fork(base, block0)
@@ -267,7 +320,7 @@ def fork_methods(base: CCDLearner, block0: BlockData, names: Sequence[str]) -> d
             methods[name] = FrozenMethod.fork(base, block0)
     if "ccd" in names:
         methods = {"ccd": CCDMethod(base), **methods}
-    return methods
+    return {name: methods[name] for name in METHODS if name in methods}
 
 
 # -- evaluation -------------------------------------------------------------------------------
@@ -328,6 +381,7 @@ class ReplayOptions:
     out: Path
     methods: list[str]
     preset: str
+    variant: str = "best"
     seed: int = 0
     epochs_scale: float = 1.0
     quick: bool = False
@@ -363,7 +417,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def build_config(options: ReplayOptions) -> CCDConfig:
     """The preset, then ``--quick``, ``--epochs-scale`` and the ``--set`` overrides, in order."""
-    cfg = CCDConfig.preset(options.preset, seed=options.seed)
+    cfg = CCDConfig.preset(options.preset, options.variant, seed=options.seed)
     if options.quick:
         cfg = dataclasses.replace(cfg, **QUICK_OVERRIDES)
     if options.epochs_scale != 1.0:
@@ -391,6 +445,13 @@ def parse_args(argv: Sequence[str]) -> ReplayOptions:
         "--preset",
         choices=("yelp", "gowalla", "stream"),
         help="CCDConfig preset (default: the dataset's for yelp/gowalla, else stream)",
+    )
+    parser.add_argument(
+        "--variant",
+        choices=("best", "paper"),
+        default="best",
+        help="best: the product's configuration (models.ccd.BEST, chosen on validation splits); "
+        "paper: the official code's behaviour, for the paper comparison (default: best)",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -443,6 +504,7 @@ def parse_args(argv: Sequence[str]) -> ReplayOptions:
         out=args.out or Path("runs") / f"replay-{stem}",
         methods=methods,
         preset=preset,
+        variant=args.variant,
         seed=args.seed,
         epochs_scale=args.epochs_scale,
         quick=args.quick,
@@ -567,6 +629,7 @@ def run(options: ReplayOptions) -> RunResults:
             config=cfg.to_dict()
             | {
                 "preset": options.preset,
+                "variant": options.variant,
                 "quick": options.quick,
                 "epochs_scale": options.epochs_scale,
             },
@@ -616,16 +679,24 @@ def _base_block(
     names: Sequence[str],
 ) -> dict[str, Any]:
     """D0 once for all methods: train, evaluate T_0 and D_0, fork the methods."""
-    began_cpu = time.process_time()
-    base, report = _train_base(cfg, block)
-    began = time.perf_counter()
-    models = base_models(base, block)
+    shared = [name for name in names if name not in OWN_BASE]
+    base, models = None, {}
+    if shared:
+        began_cpu = time.process_time()
+        base, report = _train_base(cfg, block)
+        began = time.perf_counter()
+        models = base_models(base, block)
+        results.timings["0"] = {"base": _timed_stages(report, began, began_cpu)}
+        results.infos["0"] = {"base": jsonable(report.info)}
+    methods = fork_methods(base, cfg, block, names)
     for name in names:
-        record(results, evaluator, name, models, 0)
+        if name in OWN_BASE:
+            own = methods[name].base_report
+            results.timings.setdefault("0", {})[name] = own.stage_seconds
+            results.infos.setdefault("0", {})[name] = jsonable(own.info)
+        record(results, evaluator, name, methods[name].models() if name in OWN_BASE else models, 0)
         _log_scores(results, name, 0)
-    results.timings["0"] = {"base": _timed_stages(report, began, began_cpu)}
-    results.infos["0"] = {"base": jsonable(report.info)}
-    return fork_methods(base, block, names)
+    return methods
 
 
 def _continual_block(

@@ -166,8 +166,7 @@ def update_student(
     optimizer = adam(student.parameters(), cfg.student_lr, cfg.weight_decay)
 
     def train_epoch(epoch: int) -> float:
-        # The code re-draws after every evaluation but the first (epoch 0).
-        if epoch > 1 and (epoch - 1) % cfg.eval_every == 0:
+        if cfg.replay_redraw_due(epoch):
             if cfg.student_replay_reference == "live":
                 reference["scorer"] = member_scorer(student)
             replay["set"] = draw()

@@ -39,7 +39,7 @@ from models.losses import (
     contrastive_kd_term,
     retention_kl,
 )
-from models.members import Member, MultVAE
+from models.members import IALS, IALSParams, Member, MultVAE
 from models.metrics import SizedScorer, merge_interactions
 from models.replay import ReplaySet, capped_chunk, pool_max, sample_replay
 from models.sampling import forbidden_keys, sample_negatives
@@ -212,6 +212,13 @@ class TeacherContext:
     prev: TeacherWindow | None
     sources: list[ReplaySource]
     exclusion: Tensor | None
+    history: Interactions | None = None  # every train pair so far (iALS refits, "all" graphs)
+
+    def graph(self, cfg: CCDConfig) -> Interactions:
+        """The interactions LightGCN members propagate over (``cfg.teacher_graph``)."""
+        if cfg.teacher_graph == "all" and self.history is not None:
+            return self.history
+        return self.window.block.train
 
 
 # -- the LWC-KD + PIW continual loss ------------------------------------------------------------
@@ -337,6 +344,8 @@ def update_member(
     window = ctx.window.block
     if isinstance(member, MultVAE):
         return _update_vae(member, ctx, cfg, gen, continual)
+    if isinstance(member, IALS):
+        return _update_ials(member, ctx, cfg, gen, seed, continual)
     has_old = ctx.old is not None and ctx.old.users.numel() > 0 and ctx.old.items.numel() > 0
     loss = ContinualLoss(member, ctx, cfg, gen) if continual and has_old else None
     init = cfg.entity_init if continual else "random"
@@ -350,7 +359,7 @@ def update_member(
         cfg.init_fill_quirk,
         gen,
     )
-    member.set_graph(window.train)
+    member.set_graph(ctx.graph(cfg))
     params = list(member.parameters())
     if loss is not None:
         loss.init_centers()
@@ -362,7 +371,7 @@ def update_member(
     replay = {"set": draw_teacher_replay(member, ctx, cfg, gen)}
 
     def train_epoch(epoch: int) -> float:
-        if epoch > 1 and (epoch - 1) % cfg.eval_every == 0:  # re-drawn after evaluations > 0
+        if cfg.replay_redraw_due(epoch):
             replay["set"] = draw_teacher_replay(member, ctx, cfg, gen)
         weight = annealed_weight(cfg.replay_weight, epoch, cfg.teacher_replay_anneal)
         return bpr_and_replay_epoch(
@@ -389,6 +398,69 @@ def update_member(
     )
     member.eval()
     return result
+
+
+# -- iALS members -------------------------------------------------------------------------------
+def ials_params(cfg: CCDConfig) -> IALSParams:
+    return IALSParams(cfg.ials_regularization, cfg.ials_alpha, cfg.ials_iterations)
+
+
+def _update_ials(
+    member: IALS,
+    ctx: TeacherContext,
+    cfg: CCDConfig,
+    gen: torch.Generator,
+    seed: int,
+    continual: bool,
+) -> FitResult:
+    """Stage 3 of a closed-form member. CCD (``continual``): a refit on every train pair so far
+    plus the student-side replay pairs (S, P, CL_k drawn against the member's own ranking, as
+    for the other members) at confidence ``ials_replay_weight x label``. Without ``continual``
+    (the ``teacher_ft`` baseline) the analogue of fine-tuning: ALS sweeps on the window only,
+    warm-started from the current factors."""
+    window = ctx.window.block
+    grow_member(
+        member,
+        window.train,
+        window.n_users,
+        window.n_items,
+        "random",
+        cfg.init_k,
+        cfg.init_fill_quirk,
+        gen,
+    )
+    if not continual:
+        member.fit(
+            window.train,
+            window.n_users,
+            window.n_items,
+            ials_params(cfg),
+            seed=seed,
+            warm_start=True,
+        )
+        return _closed_form_result(member, window)
+    data = ctx.history if ctx.history is not None else window.train
+    weights = None
+    if cfg.ials_replay_weight > 0 and ctx.sources:
+        replay = draw_teacher_replay(member, ctx, cfg, gen)
+        data = Interactions(
+            torch.cat([data.users.long(), replay.users]),
+            torch.cat([data.items.long(), replay.items]),
+        )
+        weights = torch.cat(
+            [torch.ones(len(data) - len(replay)), cfg.ials_replay_weight * replay.labels.float()]
+        )
+    member.fit(data, window.n_users, window.n_items, ials_params(cfg), weights, seed=seed)
+    return _closed_form_result(member, window)
+
+
+def _closed_form_result(member: Member, block: BlockData) -> FitResult:
+    """A ``FitResult`` for a fit without epochs: one "epoch", scored on the valid split."""
+    member.eval()
+    validate = validation_recall(member, block)
+    score = validate() if validate is not None else float("-inf")
+    member.eval()
+    return FitResult(best_score=score, best_epoch=0, epochs_run=1, stopped_early=False)
 
 
 # -- Mult-VAE members ---------------------------------------------------------------------------
@@ -441,7 +513,7 @@ def _update_vae(
     replay = {"set": draw_teacher_replay(vae, ctx, cfg, gen)}
 
     def train_epoch(epoch: int) -> float:
-        if epoch > 1 and (epoch - 1) % cfg.eval_every == 0:
+        if cfg.replay_redraw_due(epoch):
             replay["set"] = draw_teacher_replay(vae, ctx, cfg, gen)
         vae.train()
         total = 0.0
@@ -511,6 +583,9 @@ def _vae_retention(
 def train_base_member(member: Member, block: BlockData, cfg: CCDConfig, seed: int = 0) -> FitResult:
     """D_0 training of one teacher member (``Base_teacher.py``): BPR with 2 negatives (SUM),
     batch 512, or the annealed VAE loss; validation every epoch, patience 10."""
+    if isinstance(member, IALS):
+        member.fit(block.train, block.n_users, block.n_items, ials_params(cfg), seed=seed)
+        return _closed_form_result(member, block)
     gen = torch.Generator().manual_seed(seed)
     member.set_graph(block.train)
     optimizer = adam(member.parameters(), cfg.base_lr, cfg.weight_decay)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from models.members.base import Member
+from models.members.ials import IALS, IALSParams
 from models.members.lightgcn import LightGCN
 from models.members.mf import BPRMF
 from models.members.vae import MultVAE
 
-MEMBER_KINDS = ("mf", "lightgcn", "vae")
+MEMBER_KINDS = ("mf", "lightgcn", "vae", "ials")
 
 
 def build_member(
@@ -15,10 +16,19 @@ def build_member(
 ) -> Member:
     """A freshly initialised member; ``kwargs`` go to the class (e.g. ``n_layers``,
     ``uniform_noise``). For ``"vae"`` pass the final item count as ``n_items``."""
-    classes = {"mf": BPRMF, "lightgcn": LightGCN, "vae": MultVAE}
+    classes = {"mf": BPRMF, "lightgcn": LightGCN, "vae": MultVAE, "ials": IALS}
     if kind not in classes:
         raise ValueError(f"unknown member kind {kind!r}; expected one of {MEMBER_KINDS}")
     return classes[kind](n_users, n_items, dim, seed=seed, **kwargs)
 
 
-__all__ = ["BPRMF", "MEMBER_KINDS", "LightGCN", "Member", "MultVAE", "build_member"]
+__all__ = [
+    "BPRMF",
+    "IALS",
+    "IALSParams",
+    "MEMBER_KINDS",
+    "LightGCN",
+    "Member",
+    "MultVAE",
+    "build_member",
+]

@@ -139,8 +139,10 @@ def test_summary_agrees_with_the_matrices(replay_run) -> None:
     assert entry["la"] == pytest.approx(la) and entry["ra"] == pytest.approx(ra)
     assert entry["hmean"] == pytest.approx(2 * la * ra / (la + ra))
     assert entry["la_with_d0"] == pytest.approx(la0) and entry["ra_with_d0"] == pytest.approx(ra0)
-    # D0 is shared by every method; frozen never changes; ft's teacher is teacher_ft's.
-    for method in METHODS:
+    # D0 is shared by every method but als (its own fits); frozen never changes; ft's teacher
+    # is teacher_ft's.
+    assert matrices["als"]["student"]["recall@20"]["0"] != R["0"]
+    for method in set(METHODS) - {"als"}:
         for role in ("teacher", "student"):
             assert (
                 matrices[method][role]["recall@20"]["0"] == matrices["ccd"][role]["recall@20"]["0"]
@@ -148,6 +150,11 @@ def test_summary_agrees_with_the_matrices(replay_run) -> None:
     frozen = matrices["frozen"]["student"]["ndcg@20"]
     assert frozen["0"]["0"] == frozen["1"]["0"] == frozen["2"]["0"]
     assert frozen["1"]["1"] == frozen["2"]["1"]
+    # als is refitted every block: its D0 score changes, and it reports its fit times.
+    als = matrices["als"]["teacher"]["recall@20"]
+    assert als["0"]["0"] != als["2"]["0"]
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["2"]["als"]["teacher_fit"] > 0 and timings["0"]["als"]["student_tune"] > 0
     assert matrices["ft"]["teacher"] == matrices["teacher_ft"]["teacher"]
     assert matrices["ccd"]["student"]["recall@20"]["2"] != frozen["2"]  # CCD did update
 
@@ -287,14 +294,19 @@ def test_parse_override_types() -> None:
 
 
 def test_options_and_config() -> None:
-    options = parse_args(["--dataset", "yelp", "--epochs-scale", "0.5", "--set", "kd_epochs=7"])
+    best = build_config(parse_args(["--dataset", "yelp"]))
+    assert best.teacher_kinds[0] == "ials" and best.distill_data == "all"
+    args = ["--dataset", "yelp", "--variant", "paper", "--epochs-scale", "0.5", "--set"]
+    options = parse_args([*args, "kd_epochs=7"])
     assert options.preset == "yelp" and options.methods == list(METHODS)
     assert options.out == Path("runs/replay-yelp")
     cfg = build_config(options)
     # base 100 and student/teacher 10 halved; the explicit --set wins over the scale.
     assert (cfg.base_epochs, cfg.student_epochs, cfg.teacher_epochs, cfg.kd_epochs) == (50, 5, 5, 7)
     assert cfg.teacher_dim == 128 and cfg.for_block(1).student_replay_abs == 50
-    quick = build_config(ReplayOptions("x.tsv", Path("o"), ["ccd"], "stream", quick=True))
+    quick = build_config(
+        ReplayOptions("x.tsv", Path("o"), ["ccd"], "stream", variant="paper", quick=True)
+    )
     assert quick.base_eval_every == 2 and quick.kd_epochs == 3 and quick.teacher_dim == 32
     with pytest.raises(SystemExit):
         parse_args(["--dataset", "yelp", "--methods", "ccd,nope"])
