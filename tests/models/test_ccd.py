@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from models.api import BlockData, Interactions
-from models.ccd import CCDConfig, CCDLearner
+from models.ccd import CCDConfig, CCDLearner, distill_block, union_pairs
 from models.data import split_block, user_item_lists
 from models.distilled_baselines import FrozenStudentLearner, TeacherFineTuneLearner
 from models.members import build_member
@@ -19,7 +19,10 @@ from models.teacher_update import (
     TeacherContext,
     TeacherWindow,
     ensemble_scorer,
+    ials_params,
     similarity_graph,
+    train_base_member,
+    update_member,
 )
 from tests.models.test_ensemble import direct_rank_ensemble
 
@@ -270,3 +273,60 @@ def test_code_quirk_settings_run(stream) -> None:
         report = learner.learn_block(block)
     assert report.info["teacher_updated"] and report.info["student_replay_size"] > 0
     assert test_recall(learner, stream[1]) > 2 * 20 / stream[1].n_items
+
+
+# -- the "best" variant: iALS teachers and the switches of ccd-method.md §9 --------------------
+def test_replay_redraw_schedules() -> None:
+    code = CCDConfig(eval_every=5)
+    assert [e for e in range(12) if code.replay_redraw_due(e)] == [6, 11]
+    every = CCDConfig(eval_every=5, replay_redraw="epoch")
+    assert [e for e in range(4) if every.replay_redraw_due(e)] == [1, 2, 3]
+
+
+def test_history_graph_and_distillation_data_follow_their_switches() -> None:
+    blocks = synthetic_stream()
+    history = union_pairs([b.train for b in blocks], blocks[-1].n_items)
+    ctx = TeacherContext(TeacherWindow.of(blocks[-1]), None, None, [], None, history)
+    assert ctx.graph(CCDConfig()) is blocks[-1].train
+    assert ctx.graph(CCDConfig(teacher_graph="all")) is history
+    assert distill_block(blocks[-1], history, CCDConfig()) is blocks[-1]
+    assert distill_block(blocks[-1], history, CCDConfig(distill_data="all")).train is history
+    keys = history.users * blocks[-1].n_items + history.items
+    assert torch.equal(keys, torch.unique(keys))  # distinct pairs
+
+
+def test_ials_member_stage3_refits_on_every_pair_so_far() -> None:
+    blocks = synthetic_stream()
+    cfg = tiny_config(teacher_kinds=("ials",), teacher_dim=8, ials_iterations=4)
+    member = build_member("ials", blocks[0].n_users, blocks[0].n_items, 8)
+    train_base_member(member, blocks[0], cfg, seed=1)
+    history = union_pairs([b.train for b in blocks[:2]], blocks[1].n_items)
+    ctx = TeacherContext(TeacherWindow.of(blocks[1]), None, None, [], None, history)
+    update_member(member, ctx, cfg, seed=5)
+    expected = build_member("ials", 1, 1, 8)
+    expected.fit(history, blocks[1].n_users, blocks[1].n_items, ials_params(cfg), seed=5)
+    assert torch.equal(member.user_table.weight, expected.user_table.weight)
+    # teacher_ft: warm-started sweeps on the window only, grown to the window's sizes.
+    before = member.item_table.weight.detach().clone()
+    ctx = TeacherContext(TeacherWindow.of(blocks[2]), None, None, [], None, None)
+    update_member(member, ctx, cfg, seed=5, continual=False)
+    assert member.n_items == blocks[2].n_items and member.n_users == blocks[2].n_users
+    assert not torch.equal(member.item_table.weight[: before.shape[0]], before)
+
+
+def test_best_variant_learns_the_stream_and_round_trips() -> None:
+    blocks = synthetic_stream()
+    cfg = CCDConfig.preset(
+        "stream", "best", teacher_dim=8, ials_iterations=4, ials_replay_weight=0.5,
+        kd_epochs=4, student_epochs=3, kd_uninteresting_items=50, kd_uninteresting_users=50,
+    )  # fmt: skip
+    learner = CCDLearner(cfg)
+    for block in blocks:
+        learner.learn_block(block)
+    assert all(m.kind == "ials" for m in learner.teachers)
+    assert len(learner.history) == len(union_pairs([b.train for b in blocks], blocks[-1].n_items))
+    assert test_recall(learner, blocks[-1]) > 0.1
+    clone = CCDLearner()
+    clone.load_state_dict(learner.state_dict())
+    assert torch.equal(clone.history.items, learner.history.items)
+    assert torch.equal(clone.student().users, learner.student().users)
