@@ -160,6 +160,10 @@ class CCDConfig:
     teacher_batch: int = 2048
     teacher_n_neg: int = 1
     lwc_weight: float = 0.01
+    # "code": LWC-KD / cluster terms are means while BPR is a sum over the batch, so their
+    # gradient is ~1e-4 of BPR's (§9.3); "batch": they are scaled by the batch size, so the
+    # weights are relative to one BPR pair, as the paper's loss reads.
+    lwc_scale: Literal["code", "batch"] = "code"
     lwc_tau: float = 5.0
     cluster_weight: float = 1.0
     n_clusters: int = 10
@@ -291,7 +295,8 @@ class CCDConfig:
 # - distillation can converge (up to 40 epochs, validated every 2, early stopping) and covers
 #   every train pair so far, not only the teacher's last window (§9.2);
 # - Stage 2 / 3 validate every epoch and re-draw the replay set every epoch (§9.4);
-# - LightGCN members (if any) propagate over every train pair so far (§9.1).
+# - LightGCN / MF members (if any) propagate over every train pair so far (§9.1) and weigh
+#   LWC-KD per BPR pair (§9.3); with the iALS ensemble above neither is exercised.
 BEST: dict[str, Any] = {
     "teacher_kinds": ("ials",) * 3,
     "teacher_seeds": (0, 1, 2),
@@ -308,6 +313,7 @@ BEST: dict[str, Any] = {
     "eval_every": 1,
     "patience": 3,
     "replay_redraw": "epoch",
+    "lwc_scale": "batch",
 }
 
 

@@ -295,7 +295,7 @@ class ContinualLoss(nn.Module):
             lwc = torch.stack(terms).sum() if terms else total
             clu = cluster_loss(present_i[self.present_items], self.centers[layer])
             total = total + (cfg.lwc_weight * lwc + cfg.cluster_weight * clu) / self.n_layers
-        return total
+        return total * users.numel() if cfg.lwc_scale == "batch" else total
 
 
 def _random_rows(n_pool: int, n: int, gen: torch.Generator) -> Tensor:

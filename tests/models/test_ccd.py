@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 
 import pytest
 import torch
@@ -223,6 +224,11 @@ def test_continual_loss_ui_iu_terms_against_formula() -> None:
     assert shared.item() == pytest.approx(got.item(), rel=1e-6)
     got.backward()
     assert member.user_table.weight.grad is not None
+    # lwc_scale="batch": the same terms per BPR pair of the batch (3 users here).
+    per_pair = ContinualLoss(member, ctx, replace(cfg, lwc_scale="batch"), torch.Generator())
+    per_pair.init_centers()
+    scaled = per_pair(torch.tensor([0, 1, 2]), torch.tensor([1, 2]))
+    assert scaled.item() == pytest.approx(3 * got.item(), rel=1e-5)
 
 
 def test_teacher_ensemble_of_members_is_the_rank_ensemble_formula() -> None:
