@@ -3,10 +3,16 @@ the event log and the routers. Background threads start and stop with the app's 
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
-from fastapi import FastAPI
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from starlette.responses import JSONResponse
 
 from ccd.cli import package_version
 from contracts.event_log import EventLog, open_event_log
@@ -28,6 +34,43 @@ The `/admin` endpoints need header `X-API-Key` (the server's `CCD_API_KEY`).
 
 # After a failed append, POST /events answers 503 at once for this long before trying again.
 EVENT_LOG_COOLDOWN_S = 2.0
+# Characters of an invalid input (or of a field name) a 422 echoes back: enough to recognise
+# it, while a 39 MB field must not come back as a 39 MB answer.
+MAX_ECHOED_CHARS = 200
+
+
+def _cap(value: Any) -> Any:
+    """``value`` as JSON, shortened to about ``MAX_ECHOED_CHARS`` (a string, then) if longer."""
+    value = jsonable_encoder(value)
+    if isinstance(value, str):
+        text = value
+    else:
+        try:
+            text = orjson.dumps(value).decode()
+        except TypeError:  # e.g. an integer beyond 64 bits, which orjson refuses
+            text = json.dumps(value, default=str)
+        if len(text) <= MAX_ECHOED_CHARS:
+            return value
+    if len(text) <= MAX_ECHOED_CHARS:
+        return text
+    return f"{text[:MAX_ECHOED_CHARS]}... ({len(text)} characters)"
+
+
+def capped_errors(errors: Any) -> list[dict[str, Any]]:
+    """Validation errors with their ``input`` and ``loc`` parts capped (``_cap``)."""
+    capped = []
+    for error in errors:
+        error = dict(error)
+        if "input" in error:
+            error["input"] = _cap(error["input"])
+        error["loc"] = [part if isinstance(part, int) else _cap(part) for part in error["loc"]]
+        capped.append(error)
+    return capped
+
+
+async def _validation_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    return JSONResponse({"detail": jsonable_encoder(capped_errors(error.errors()))}, 422)
 
 
 def create_app(
@@ -79,6 +122,7 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
     )
+    app.add_exception_handler(RequestValidationError, _validation_error)
     recommendation_routes = recommendations.build_router(settings)
     if fast_lane:  # innermost: the metrics middleware counts and times it like any route
         app.add_middleware(

@@ -93,3 +93,24 @@ def test_unavailable_log_is_503_with_retry_after(
     assert response.status_code == 503
     assert int(response.headers["retry-after"]) > 0
     assert 'ccd_events_rejected_total{reason="unavailable"} 1.0' in client.get("/metrics").text
+
+
+def test_a_422_echoes_no_more_than_a_short_prefix_of_the_input(
+    client_factory: Callable[[], TestClient], settings: Settings
+) -> None:
+    # A 39 MB field came back whole as a 39 MB answer; here 15 KB (this app's body limit is
+    # MAX_EVENTS * 4 KB), in a value, as a field name, in a list and in the other routes.
+    client = client_factory()
+    huge = "x" * 15_000
+    bodies = [
+        ("/events", {"user_id": huge, "item_id": "i"}),
+        ("/events", {"user_id": "u", "item_id": "i", huge: 1}),
+        ("/events", [{"user_id": "u", "item_id": [huge]}]),
+        ("/recommendations", {"user_ids": [huge], "k": 1}),
+    ]
+    for path, body in bodies:
+        response = client.post(path, json=body)
+        assert response.status_code == 422
+        assert len(response.content) < 2_000, (path, len(response.content))
+        assert "xxxxxxxxxx... (15" in response.text  # the start, and how long it was
+    assert logged_events(settings) == []
