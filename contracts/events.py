@@ -33,6 +33,14 @@ class InteractionEvent(BaseModel):
     type: str | None = Field(None, max_length=64)
     weight: float | None = None
 
+    @field_validator("timestamp", "weight", mode="before")
+    @classmethod
+    def _no_boolean(cls, value: object) -> object:
+        # JSON true/false are not numbers (pydantic's lax mode would read them as 1.0 / 0.0).
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not a boolean")
+        return value
+
     @field_validator("timestamp", mode="before")
     @classmethod
     def _parse_timestamp(cls, value: object) -> object:

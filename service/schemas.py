@@ -29,6 +29,9 @@ class Recommendations(BaseModel):
 
 
 class BatchRecommendationRequest(BaseModel):
+    # strict: a JSON body must hold the types its schema names (no 0 for false, no "5" for 5).
+    model_config = ConfigDict(strict=True)
+
     user_ids: list[ExternalId] = Field(min_length=1, max_length=MAX_BATCH_USERS)
     k: int = Field(20, ge=1, description="Items per user, 1..max_k")
     exclude_seen: bool = True
@@ -74,8 +77,20 @@ class ErrorMessage(BaseModel):
     detail: str
 
 
+class ValidationErrorEntry(BaseModel):
+    loc: list[str | int] = Field(description='Where: ["body", event index, field] and the like')
+    msg: str
+    type: str
+    input: Any = Field(None, description="The invalid input; its first 200 characters if longer")
+
+
+class ValidationErrors(BaseModel):
+    detail: list[ValidationErrorEntry]
+
+
 class RollbackRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: {"version": true} is not version 1.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     version: int = Field(ge=1, description="A kept version (see GET /admin/versions)")
 

@@ -23,7 +23,7 @@ from contracts.event_log import EventLogUnavailable
 from contracts.events import InteractionEvent
 from contracts.settings import Settings
 from service.breaker import BreakerOpen
-from service.schemas import ErrorMessage, EventsAccepted
+from service.schemas import ErrorMessage, EventsAccepted, ValidationErrors
 from service.state import ServiceState, State
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,12 @@ _REQUEST_BODY = {
         "required": True,
         "content": {
             "application/json": {
-                "schema": {"oneOf": [_EVENT_SCHEMA, {"type": "array", "items": _EVENT_SCHEMA}]}
+                "schema": {
+                    "oneOf": [
+                        _EVENT_SCHEMA,
+                        {"type": "array", "items": _EVENT_SCHEMA, "minItems": 1},
+                    ]
+                }
             }
         },
     }
@@ -120,6 +125,10 @@ def build_router(settings: Settings) -> APIRouter:
             413: {
                 "model": ErrorMessage,
                 "description": "More events than max_events_per_request, or a larger body",
+            },
+            422: {
+                "model": ValidationErrors,
+                "description": "Not JSON, an empty list, or an invalid event (its field named)",
             },
             503: {"model": ErrorMessage, "description": "The event log cannot take events now"},
         },

@@ -125,7 +125,9 @@ def test_rollback_to_an_unknown_pruned_or_invalid_version(
         response = client.post("/admin/rollback", json={"version": version}, headers=headers)
         assert response.status_code == 404
         assert str(version) in response.json()["detail"]
-    for body in ({"version": 0}, {"version": "two"}, {}, {"version": 2, "extra": 1}):
+    invalid = [{"version": 0}, {"version": "two"}, {}, {"version": 2, "extra": 1}]
+    invalid += [{"version": True}, {"version": "3"}, {"version": 3.0}]  # strict: no coercion
+    for body in invalid:
         response = client.post("/admin/rollback", json=body, headers=headers)
         assert response.status_code == 422, body
     assert store.current_version() == store.keep_versions + 1

@@ -114,3 +114,23 @@ def test_a_422_echoes_no_more_than_a_short_prefix_of_the_input(
         assert len(response.content) < 2_000, (path, len(response.content))
         assert "xxxxxxxxxx... (15" in response.text  # the start, and how long it was
     assert logged_events(settings) == []
+
+
+def test_types_are_as_strict_as_the_schema_says(
+    client_factory: Callable[[], TestClient], settings: Settings
+) -> None:
+    client = client_factory()
+    for field, value in [("weight", False), ("weight", True), ("timestamp", True)]:
+        response = client.post("/events", json={"user_id": "u", "item_id": "i", field: value})
+        assert response.status_code == 422, (field, value)
+        assert response.json()["detail"][0]["loc"] == ["body", field]
+    assert client.post("/events", json={"user_id": "u", "item_id": "i", "weight": 2}).is_success
+    for body in ({"user_ids": ["u0"], "exclude_seen": 0}, {"user_ids": ["u0"], "k": "2"}):
+        assert client.post("/recommendations", json=body).status_code == 422, body
+    # An empty list is refused, and the schema says so; the 422 is documented.
+    operation = client.get("/openapi.json").json()["paths"]["/events"]["post"]
+    schema = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert schema["oneOf"][1]["minItems"] == 1
+    assert client.post("/events", json=[]).status_code == 422
+    assert "422" in operation["responses"]
+    assert len(logged_events(settings)) == 1
