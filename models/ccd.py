@@ -197,6 +197,16 @@ class CCDConfig:
         """The teacher members' seeds: ``teacher_seeds``, or 0..n-1 when it is empty."""
         return self.teacher_seeds or tuple(range(len(self.teacher_kinds)))
 
+    @property
+    def keeps_history(self) -> bool:
+        """Whether a learner must keep every train pair so far (iALS refits, "all" graphs or
+        distillation data); the official code never does, and its state stays per entity."""
+        return (
+            self.teacher_graph == "all"
+            or self.distill_data == "all"
+            or "ials" in self.teacher_kinds
+        )
+
     def replay_redraw_due(self, epoch: int) -> bool:
         """Whether a Stage 2 / Stage 3 replay set is re-drawn before ``epoch`` (the code: after
         every evaluation but the first, epoch 0)."""
@@ -478,7 +488,8 @@ class CCDLearner:
     def learn_block(self, block: BlockData) -> BlockReport:
         cfg = self.config.for_block(self.blocks_seen)
         seed = cfg.seed * 100_003 + self.blocks_seen * 101
-        self.history = union_pairs([self.history, block.train], block.n_items)
+        if cfg.keeps_history:
+            self.history = union_pairs([self.history, block.train], block.n_items)
         # Components drawing from torch's global RNG (Mult-VAE noise) get a per-block seed
         # without disturbing the caller's RNG state.
         with torch.random.fork_rng(devices=[]):
@@ -668,4 +679,5 @@ class CCDLearner:
         self.pending = [block_from_state(b) for b in state["pending"]]
         self.prev_train = _inter_from(state["prev_train"])
         # Checkpoints written before the field ran settings that do not read it.
-        self.history = _inter_from(state.get("history", state["prev_train"]))
+        history = state.get("history")
+        self.history = Interactions.empty() if history is None else _inter_from(history)

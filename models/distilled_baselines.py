@@ -96,7 +96,8 @@ class TeacherFineTuneLearner:
         (the replay runner forks one shared base training into each method)."""
         learner = cls(config)
         learner.teachers, learner.member, learner.window = teachers, student, block0
-        learner.history = union_pairs([block0.train], block0.n_items)
+        if config.keeps_history:
+            learner.history = union_pairs([block0.train], block0.n_items)
         learner.blocks_seen = 1
         return learner
 
@@ -108,7 +109,8 @@ class TeacherFineTuneLearner:
             return self._learn_block(block, cfg, seed)
 
     def _learn_block(self, block: BlockData, cfg: CCDConfig, seed: int) -> BlockReport:
-        self.history = union_pairs([self.history, block.train], block.n_items)
+        if cfg.keeps_history:
+            self.history = union_pairs([self.history, block.train], block.n_items)
         if not self.teachers:
             self.teachers, kd, report = bootstrap(cfg, block, seed)
         else:

@@ -1,9 +1,10 @@
 """``ccd replay``: the paper's protocol (ccd-method.md §3.1, §4) on a block file, CCD versus the
 baselines, written to a results folder.
 
-    python -m models.reproduce --dataset yelp [--out DIR] [--methods ccd,ft,teacher_ft,frozen]
+    python -m models.reproduce --dataset yelp [--out DIR] [--methods ccd,teacher_ft,ft,frozen,als]
         [--preset yelp|gowalla|stream] [--epochs-scale F] [--quick] [--set FIELD=VALUE ...]
-        [--blocks N] [--seed S] [--threads T] [--resume] [--no-checkpoint]
+        [--variant best|paper] [--blocks N] [--seed S] [--threads T] [--resume]
+        [--base-from DIR] [--no-checkpoint] [--report-only]
 
 Base training on D0 runs once (teachers, ensemble T_0, Stage 1 KD of D_0, through
 ``CCDLearner``'s block 0); every method starts from a copy of that state and learns D1..D_K:
@@ -389,6 +390,7 @@ class ReplayOptions:
     blocks: int | None = None
     threads: int | None = None
     resume: bool = False
+    base_from: Path | None = None
     checkpoint: bool = True
     report_only: bool = False
     command: str = ""
@@ -478,6 +480,13 @@ def parse_args(argv: Sequence[str]) -> ReplayOptions:
     parser.add_argument("--threads", type=int, help="torch intra-op threads")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/state/")
     parser.add_argument(
+        "--base-from",
+        type=Path,
+        metavar="DIR",
+        help="reuse the D0 base training (teachers, T_0, D_0) of an earlier run's folder; "
+        "D1.. run with this run's settings (experiments on D1..D_K in minutes)",
+    )
+    parser.add_argument(
         "--no-checkpoint",
         dest="checkpoint",
         action="store_false",
@@ -512,6 +521,7 @@ def parse_args(argv: Sequence[str]) -> ReplayOptions:
         blocks=args.blocks,
         threads=args.threads,
         resume=args.resume,
+        base_from=args.base_from,
         checkpoint=args.checkpoint,
         report_only=args.report_only,
         command=shlex.join(["ccd", "replay", *argv]),
@@ -568,6 +578,40 @@ def load_checkpoint(out: Path) -> dict[str, Any]:
 # -- the run ----------------------------------------------------------------------------------
 def _stage_text(report: BlockReport) -> str:
     return ", ".join(f"{name} {sec:.1f} s" for name, sec in report.stage_seconds.items())
+
+
+def _base_path(out: Path) -> Path:
+    return out / "state" / "base.pt"
+
+
+def save_base(out: Path, base: CCDLearner, report: BlockReport) -> None:
+    """The learner right after D0 (teachers, T_0, D_0), for ``--base-from`` of later runs."""
+    path = _base_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (path.parent / ".gitignore").write_text("*\n")
+    tmp = path.with_suffix(".tmp")
+    torch.save({"learner": base.state_dict(), "report": report}, tmp)
+    tmp.replace(path)
+
+
+def load_base(source: Path, cfg: CCDConfig) -> tuple[CCDLearner, BlockReport]:
+    """A finished D0 from another run's folder, continued under ``cfg``. Settings that shaped
+    D0 (teachers, base training, Stage 1) come from that run; they are logged when they differ."""
+    path = _base_path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"--base-from: no base training at {path}")
+    state = torch.load(path, weights_only=False)  # our own file, written by save_base
+    base = CCDLearner()
+    base.load_state_dict(state["learner"])
+    differ = sorted(k for k, v in cfg.to_dict().items() if base.config.to_dict().get(k) != v)
+    if differ:
+        log.warning("--base-from %s: its D0 ran with other values of %s; D1.. use this run's",
+                    source, ", ".join(differ))  # fmt: skip
+    base.config = cfg
+    if cfg.keeps_history and not len(base.history):  # a base run that did not keep it
+        base.history = base.prev_train  # D0's train split: all there is after D0
+    log.info("D0: base training reused from %s", path)
+    return base, state["report"]
 
 
 def _train_base(cfg: CCDConfig, block0: BlockData) -> tuple[CCDLearner, BlockReport]:
@@ -648,7 +692,7 @@ def run(options: ReplayOptions) -> RunResults:
     for k in range(start, len(blocks)):
         if k == 0:
             progress.set_postfix_str("base training")
-            methods = _base_block(results, evaluator, cfg, blocks[0], options.methods)
+            methods = _base_block(results, evaluator, cfg, blocks[0], options)
         else:
             _continual_block(results, evaluator, methods, k, blocks[k], progress)
         results.blocks_done = k + 1
@@ -676,14 +720,21 @@ def _base_block(
     evaluator: Evaluator,
     cfg: CCDConfig,
     block: BlockData,
-    names: Sequence[str],
+    options: ReplayOptions,
 ) -> dict[str, Any]:
-    """D0 once for all methods: train, evaluate T_0 and D_0, fork the methods."""
+    """D0 once for all methods: train (or load ``--base-from``), evaluate T_0 and D_0, fork the
+    methods."""
+    names, base_from = options.methods, options.base_from
     shared = [name for name in names if name not in OWN_BASE]
     base, models = None, {}
     if shared:
         began_cpu = time.process_time()
-        base, report = _train_base(cfg, block)
+        if base_from is not None:
+            base, report = load_base(base_from, cfg)
+        else:
+            base, report = _train_base(cfg, block)
+            if options.checkpoint:
+                save_base(options.out, base, report)
         began = time.perf_counter()
         models = base_models(base, block)
         results.timings["0"] = {"base": _timed_stages(report, began, began_cpu)}

@@ -212,11 +212,12 @@ class TeacherContext:
     prev: TeacherWindow | None
     sources: list[ReplaySource]
     exclusion: Tensor | None
-    history: Interactions | None = None  # every train pair so far (iALS refits, "all" graphs)
+    # Every train pair so far (iALS refits, "all" graphs); None or empty when not kept.
+    history: Interactions | None = None
 
     def graph(self, cfg: CCDConfig) -> Interactions:
         """The interactions LightGCN members propagate over (``cfg.teacher_graph``)."""
-        if cfg.teacher_graph == "all" and self.history is not None:
+        if cfg.teacher_graph == "all" and self.history is not None and len(self.history):
             return self.history
         return self.window.block.train
 
@@ -439,7 +440,7 @@ def _update_ials(
             warm_start=True,
         )
         return _closed_form_result(member, window)
-    data = ctx.history if ctx.history is not None else window.train
+    data = ctx.history if ctx.history is not None and len(ctx.history) else window.train
     weights = None
     if cfg.ials_replay_weight > 0 and ctx.sources:
         replay = draw_teacher_replay(member, ctx, cfg, gen)

@@ -315,3 +315,22 @@ def test_options_and_config() -> None:
 def test_jsonable_replaces_non_finite_floats() -> None:
     data = {"a": math.inf, "b": (1, math.nan), 3: {"c": 0.5}}
     assert jsonable(data) == {"a": None, "b": [1, None], "3": {"c": 0.5}}
+
+
+def test_base_from_reuses_another_runs_d0(replay_run, tmp_path, caplog) -> None:
+    data, out = replay_run
+    assert (out / "state" / "base.pt").exists()
+    again = tmp_path / "reused"
+    args = ["--dataset", str(data), "--out", str(again), "--preset", "stream", *TINY]
+    extra = ["--set", "replay_redraw=evaluation", "--blocks", "2", "--methods", "ccd"]
+    with caplog.at_level("INFO", logger="ccd"):
+        assert main([*args, *extra, "--base-from", str(out)]) == 0
+    assert "base training reused" in caplog.text and "replay_redraw" in caplog.text
+    first = json.loads((out / "matrices.json").read_text())["ccd"]
+    second = json.loads((again / "matrices.json").read_text())["ccd"]
+    for role in ("teacher", "student"):  # the same T_0 and D_0, evaluated again
+        assert second[role]["recall@20"]["0"] == first[role]["recall@20"]["0"]
+    config = json.loads((again / "config.json").read_text())
+    assert config["ccd_config"]["replay_redraw"] == "evaluation"
+    missing = ["--base-from", str(tmp_path / "nowhere")]
+    assert main([*args, "--blocks", "1", "--out", str(tmp_path / "x"), *missing]) == 2
