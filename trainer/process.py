@@ -52,6 +52,9 @@ POLL_TIMEOUT_S = 1.0  # upper bound on how long a stop request waits
 # The bpr learner's settings for streaming blocks: a higher rate and smaller batches than the
 # baseline's defaults, so that blocks of a few thousand events train in a few dozen steps.
 STREAM_BPR = {"lr": 0.01, "batch_size": 256}
+# The als learner: 64 factors (the size of the best variant's iALS teacher members; a team
+# running iALS would not pick the student's size), hyper-parameters tuned on the base block.
+STREAM_ALS = {"dim": 64}
 _PAIR_SHIFT = 32  # a seen (user, item) pair is stored as user << 32 | item
 
 
@@ -107,15 +110,17 @@ class WarningThrottle:
 
 
 def build_learner(settings: Settings) -> tuple[BlockLearner, str]:
-    """The learner ``settings.learner`` names, and the name actually used ("ccd" falls back to
-    "bpr" with a warning while the CCD learner cannot be imported)."""
+    """The learner ``settings.learner`` names, and that name. A learner that cannot be built
+    (a broken install) stops start-up: serving another model than configured is worse."""
     if settings.learner == "ccd":
-        try:
-            from models.ccd import CCDConfig, CCDLearner
+        from models.ccd import CCDConfig, CCDLearner
 
-            return CCDLearner(CCDConfig.preset("stream")), "ccd"
-        except ImportError as error:
-            log.warning("CCD learner unavailable (%s); falling back to the bpr learner", error)
+        config = CCDConfig.preset("stream", settings.ccd_variant, seed=settings.seed)
+        return CCDLearner(config), "ccd"
+    if settings.learner == "als":
+        from models.als import ALSLearner
+
+        return ALSLearner(seed=settings.seed, **STREAM_ALS), "als"
     from models.baselines import FineTuneLearner
 
     return FineTuneLearner(seed=settings.seed, **STREAM_BPR), "bpr"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from pathlib import Path
@@ -279,6 +280,32 @@ def test_the_ccd_learner_publishes_and_resumes_from_its_checkpoint(settings: Set
     assert meta["prequential"]["users"] > 0
     with pytest.raises(RuntimeError, match="learner 'ccd'"):
         Trainer(settings.model_copy(update={"learner": "bpr"}))
+
+
+@pytest.mark.parametrize("learner,variant", [("ccd", "paper"), ("als", "best")])
+def test_the_configured_learner_is_the_one_built(
+    settings: Settings, learner: str, variant: str
+) -> None:
+    settings = settings.model_copy(update={"learner": learner, "ccd_variant": variant})
+    trainer = Trainer(settings)
+    assert trainer.learner_name == learner
+    if learner == "ccd":  # the official behaviour: LightGCN + MF teachers, no iALS
+        assert "ials" not in trainer.learner.config.teacher_kinds
+    append(settings, synthetic(BASE + BLOCK))
+    trainer.run(max_blocks=2)
+    trainer.close()
+    meta = FileModelStore(settings.model_store_dir).load().meta
+    assert (meta["version"], meta["learner"]) == (2, learner)
+    assert meta["prequential"]["users"] > 0
+    restored = Trainer(settings)  # the checkpoint restores the same learner
+    assert torch.equal(restored.learner.student().items, trainer.learner.student().items)
+    restored.close()
+
+
+def test_a_learner_that_cannot_be_built_stops_start_up(settings: Settings, monkeypatch) -> None:
+    monkeypatch.setitem(sys.modules, "models.ccd", None)  # as if the install were broken
+    with pytest.raises(ImportError):
+        Trainer(settings.model_copy(update={"learner": "ccd"}))
 
 
 def run_until(trainer: Trainer, condition: object, timeout_s: float = 30.0) -> None:
