@@ -44,10 +44,10 @@ class Settings(BaseSettings):
         description="Block learner: the CCD update, the BPR-MF fine-tuning baseline, or iALS "
         "retrained from scratch on every event so far (what a team would run from a cron job)",
     )
-    ccd_variant: Literal["best", "paper"] = Field(
+    learner_variant: Literal["best", "paper"] = Field(
         "best",
-        description="CCD configuration: best (the product's, models.ccd.BEST) or paper (the "
-        "official code's behaviour)",
+        description="Configuration of the ccd learner: best (the product's, models.ccd.BEST) or "
+        "paper (the official code's behaviour)",
     )
     base_block_size: int = Field(20_000, ge=1, description="Events in the first (base) block")
     block_size: int = Field(5_000, ge=1, description="A block closes after this many events ...")

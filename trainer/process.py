@@ -115,7 +115,7 @@ def build_learner(settings: Settings) -> tuple[BlockLearner, str]:
     if settings.learner == "ccd":
         from models.ccd import CCDConfig, CCDLearner
 
-        config = CCDConfig.preset("stream", settings.ccd_variant, seed=settings.seed)
+        config = CCDConfig.preset("stream", settings.learner_variant, seed=settings.seed)
         return CCDLearner(config), "ccd"
     if settings.learner == "als":
         from models.als import ALSLearner

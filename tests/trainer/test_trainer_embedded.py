@@ -286,7 +286,7 @@ def test_the_ccd_learner_publishes_and_resumes_from_its_checkpoint(settings: Set
 def test_the_configured_learner_is_the_one_built(
     settings: Settings, learner: str, variant: str
 ) -> None:
-    settings = settings.model_copy(update={"learner": learner, "ccd_variant": variant})
+    settings = settings.model_copy(update={"learner": learner, "learner_variant": variant})
     trainer = Trainer(settings)
     assert trainer.learner_name == learner
     if learner == "ccd":  # the official behaviour: LightGCN + MF teachers, no iALS
