@@ -429,6 +429,7 @@ def bootstrap(
         "teacher_updated": True,
         "base_teacher_valid_recall@20": teacher_scores,
         "distill_valid_recall@20": best_score(kd.fit),
+        "distill_epochs": [kd.fit.best_epoch, kd.fit.epochs_run],
     }
     return teachers, kd, BlockReport(times, info)
 
@@ -630,7 +631,11 @@ class CCDLearner:
             times, "distill", distill, teacher, kd_block, cfg, kd_exclusion, seed + cfg.student_seed
         )
         self._adopt_distilled(kd, window)
-        return {"teacher_valid_recall@20": scores, "distill_valid_recall@20": best_score(kd.fit)}
+        return {
+            "teacher_valid_recall@20": scores,
+            "distill_valid_recall@20": best_score(kd.fit),
+            "distill_epochs": [kd.fit.best_epoch, kd.fit.epochs_run],  # best, run
+        }
 
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

@@ -87,6 +87,9 @@ class TeacherFineTuneLearner:
         self.window: BlockData | None = None
         self.history = Interactions.empty()  # every distinct train pair so far
         self.blocks_seen = 0
+        # False: only the teachers are updated (a replay that needs this teacher but not its
+        # re-distilled student saves a distillation per block).
+        self.distills = True
 
     @classmethod
     def after_base(
@@ -122,18 +125,18 @@ class TeacherFineTuneLearner:
                 result = update_member(member, ctx, cfg, seed + 7 * i + 3, continual=False)
                 scores[f"{member.kind}_{i}"] = best_score(result)
             times["teacher_update"] = time.perf_counter() - started
-            started = time.perf_counter()
-            teacher = ensemble_scorer(self.teachers, block.n_items, cfg.ensemble_power)
-            kd_block = distill_block(block, self.history, cfg)
-            kd = distill(teacher, kd_block, cfg, None, seed + cfg.student_seed)
-            times["distill"] = time.perf_counter() - started
-            info = {
-                "teacher_updated": True,
-                "teacher_valid_recall@20": scores,
-                "distill_valid_recall@20": best_score(kd.fit),
-            }
+            info = {"teacher_updated": True, "teacher_valid_recall@20": scores}
+            kd = None
+            if self.distills:
+                started = time.perf_counter()
+                teacher = ensemble_scorer(self.teachers, block.n_items, cfg.ensemble_power)
+                kd_block = distill_block(block, self.history, cfg)
+                kd = distill(teacher, kd_block, cfg, None, seed + cfg.student_seed)
+                times["distill"] = time.perf_counter() - started
+                info["distill_valid_recall@20"] = best_score(kd.fit)
             report = BlockReport(times, info)
-        self.member = kd.student
+        if kd is not None:
+            self.member = kd.student
         self.window = block
         report.info["block"] = self.blocks_seen
         self.blocks_seen += 1

@@ -197,6 +197,8 @@ class FineTuneMethod:
         )
         assert base.current is not None
         student.continue_from(copy.deepcopy(base.current), blocks_seen=1)
+        if trains_teacher:  # nobody evaluates teacher_ft's re-distilled student
+            teacher.learner.distills = False
         return cls(student, teacher, trains_teacher)
 
     def learn_block(self, block: BlockData) -> BlockReport:

@@ -173,6 +173,12 @@ def test_distilled_baselines(stream) -> None:
     restored = TeacherFineTuneLearner()
     restored.load_state_dict(ft.state_dict())
     assert torch.equal(restored.student().items, ft.student().items)
+    # Teachers only (the replay's ft method when teacher_ft is not run): no distillation.
+    ft.distills = False
+    before = ft.student().items
+    report = ft.learn_block(stream[2])
+    assert "distill" not in report.stage_seconds and torch.equal(ft.student().items, before)
+    assert ft.teachers[0].n_items == stream[2].n_items
 
 
 def test_similarity_graph_bisects_the_threshold() -> None:
