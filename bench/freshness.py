@@ -57,6 +57,7 @@ TITLE = "Freshness: event to recommendation, publish to served"
 POINTS = (50, 90, 95, 99, 100)
 POLL_S = 0.005
 VERSION_POLL_S = 0.02
+JSON = {"content-type": "application/json"}  # POST /events refuses other bodies (415)
 
 
 def start_server(data_dir: Path, name: str, cores: list[int] | None) -> tuple[Child, str]:
@@ -173,7 +174,7 @@ def post_stream(
             timestamp = time.time()
             body = {"user_id": user, "item_id": item, "timestamp": timestamp}
             body["event_id"] = f"fresh-{args.seed}-{count}"
-            response = a.post("/events", content=orjson.dumps(body))
+            response = a.post("/events", content=orjson.dumps(body), headers=JSON)
             response.raise_for_status()
             answered = time.time()
             posted.append((timestamp, answered))
@@ -188,7 +189,7 @@ def post_stream(
             {"user_id": f"u{rng.randrange(n_users)}", "item_id": f"i{rng.randrange(n_items)}"}
             for _ in range(args.block_size)
         ]
-        a.post("/events", content=orjson.dumps(filler)).raise_for_status()
+        a.post("/events", content=orjson.dumps(filler), headers=JSON).raise_for_status()
     return {
         "posted": posted,
         "post_latency": post_latency,

@@ -103,6 +103,11 @@ class Settings(BaseSettings):
         description="Key the /admin endpoints require in header X-API-Key; unset or empty = "
         "admin endpoints disabled",
     )
+    events_api_key: SecretStr | None = Field(
+        None,
+        description="Key POST /events requires in header X-API-Key; unset or empty = writes "
+        "need no key (set it in production)",
+    )
 
     @property
     def uses_kafka(self) -> bool:

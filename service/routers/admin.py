@@ -8,53 +8,31 @@ disabled (403) rather than open. Keys are compared in constant time.
 # No `from __future__ import annotations`: the endpoint signatures use names local to
 # build_router, which FastAPI must resolve at definition time.
 
-import hmac
 import logging
-from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException
 from fastapi.security import APIKeyHeader
 
 from contracts.model_store import CorruptModelError
 from contracts.settings import Settings
+from service.guards import (
+    API_KEY_HEADER,
+    UNSUPPORTED_MEDIA_TYPE,
+    configured_key,
+    key_checker,
+    require_json,
+)
 from service.schemas import ErrorMessage, RollbackRequest, RollbackResult, VersionsInfo
 from service.state import RETRY_AFTER_S, State
 
 log = logging.getLogger(__name__)
-
-API_KEY_HEADER = "X-API-Key"
 
 _api_key_header = APIKeyHeader(
     name=API_KEY_HEADER,
     auto_error=False,
     description="Equal to the server's CCD_API_KEY",
 )
-
-
-def _configured_key(settings: Settings) -> bytes | None:
-    """The configured key's bytes; None when unset or empty (an empty key would match an empty
-    header)."""
-    key = settings.api_key.get_secret_value() if settings.api_key is not None else ""
-    return key.encode() if key else None
-
-
-def _key_checker(settings: Settings):  # noqa: ANN202 - a FastAPI dependency
-    expected = _configured_key(settings)
-
-    def require_api_key(given: Annotated[str | None, Depends(_api_key_header)]) -> None:
-        if expected is None:
-            raise HTTPException(
-                403, "admin endpoints are disabled: no API key is configured (set CCD_API_KEY)"
-            )
-        # Header values arrive decoded as latin-1; encoding back gives the bytes that were sent.
-        if given is None or not hmac.compare_digest(given.encode("latin-1"), expected):
-            raise HTTPException(
-                401,
-                f"missing or wrong {API_KEY_HEADER} header",
-                headers={"WWW-Authenticate": API_KEY_HEADER},
-            )
-
-    return require_api_key
+_DISABLED = "admin endpoints are disabled: no API key is configured (set CCD_API_KEY)"
 
 
 def _store_unavailable(error: Exception) -> HTTPException:
@@ -68,7 +46,9 @@ def build_router(settings: Settings) -> APIRouter:
     router = APIRouter(
         prefix="/admin",
         tags=["admin"],
-        dependencies=[Depends(_key_checker(settings))],
+        dependencies=[
+            Depends(key_checker(configured_key(settings.api_key), _api_key_header, _DISABLED))
+        ],
         responses={
             401: {"model": ErrorMessage, "description": "Missing or wrong X-API-Key"},
             403: {"model": ErrorMessage, "description": "Admin disabled: no key configured"},
@@ -90,7 +70,9 @@ def build_router(settings: Settings) -> APIRouter:
 
     @router.post(
         "/rollback",
+        dependencies=[Depends(require_json)],  # after the key: 401/403 before 415
         responses={
+            **UNSUPPORTED_MEDIA_TYPE,
             404: {"model": ErrorMessage, "description": "The store does not keep this version"},
             409: {"model": ErrorMessage, "description": "The version fails its checks"},
         },

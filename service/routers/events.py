@@ -6,6 +6,9 @@ a body larger than ``events_body_limit(settings)``. A log that cannot take the e
 with ``Retry-After`` and nothing is acknowledged: a 202 means every event of the request was
 appended (Kafka: acks=all), anything else means the client should retry, keeping each event's
 ``event_id`` so that a retry of events that did get through is recognised by the trainer.
+
+Writes need ``Content-Type: application/json`` (415 otherwise: no cross-site form can post
+events) and, when ``CCD_EVENTS_API_KEY`` is set, header ``X-API-Key`` with that key (401).
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ import logging
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.params import Depends as DependsParam
+from fastapi.security import APIKeyHeader
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
@@ -23,6 +28,13 @@ from contracts.event_log import EventLogUnavailable
 from contracts.events import InteractionEvent
 from contracts.settings import Settings
 from service.breaker import BreakerOpen
+from service.guards import (
+    API_KEY_HEADER,
+    UNSUPPORTED_MEDIA_TYPE,
+    configured_key,
+    key_checker,
+    require_json,
+)
 from service.schemas import ErrorMessage, EventsAccepted, ValidationErrors
 from service.state import ServiceState, State
 
@@ -114,14 +126,36 @@ def _append(state: ServiceState, body: bytes) -> int:
     return count
 
 
+_events_key_header = APIKeyHeader(
+    name=API_KEY_HEADER,
+    scheme_name="EventsAPIKey",
+    auto_error=False,
+    description="Equal to the server's CCD_EVENTS_API_KEY",
+)
+
+
+def _write_guards(settings: Settings) -> tuple[list[DependsParam], dict[int | str, Any]]:
+    """The dependencies of POST /events and the answers they add: the key check only when
+    ``events_api_key`` is set (then it runs first: 401 before 415), the JSON check always."""
+    guards, responses = [Depends(require_json)], dict(UNSUPPORTED_MEDIA_TYPE)
+    expected = configured_key(settings.events_api_key)
+    if expected is not None:
+        guards.insert(0, Depends(key_checker(expected, _events_key_header)))
+        responses[401] = {"model": ErrorMessage, "description": "Missing or wrong X-API-Key"}
+    return guards, responses
+
+
 def build_router(settings: Settings) -> APIRouter:
     router = APIRouter(tags=["events"])
+    guards, guard_responses = _write_guards(settings)
 
     @router.post(
         "/events",
         status_code=202,
         openapi_extra=_REQUEST_BODY,
+        dependencies=guards,
         responses={
+            **guard_responses,
             413: {
                 "model": ErrorMessage,
                 "description": "More events than max_events_per_request, or a larger body",

@@ -64,7 +64,12 @@ def client(app_settings: Settings) -> Iterator[TestClient]:
     from contracts.model_store import FileModelStore
 
     FileModelStore(app_settings.model_store_dir).publish(make_snapshot())
-    with TestClient(create_app(app_settings), follow_redirects=False) as client:
+    # Bodies are sent as bytes: declared JSON, as writes must be (else 415, tested elsewhere).
+    with TestClient(
+        create_app(app_settings),
+        follow_redirects=False,
+        headers={"content-type": "application/json"},
+    ) as client:
         wait_until(lambda: client.get("/health/ready").status_code == 200)
         yield client
 

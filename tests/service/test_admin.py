@@ -179,3 +179,24 @@ def test_openapi_declares_the_key(
     for path in ("/admin/versions", "/admin/rollback"):
         operation = next(iter(schema["paths"][path].values()))
         assert operation["security"] == [{"APIKeyHeader": []}]
+
+
+def test_rollback_needs_a_json_content_type(
+    app_with_key: Callable[[str | None], TestClient], three_versions: FileModelStore
+) -> None:
+    client = app_with_key(KEY)
+    body = json.dumps({"version": 1})
+    for content_type in ("text/plain", "application/x-www-form-urlencoded", None):
+        headers = {"X-API-Key": KEY}
+        if content_type is not None:
+            headers["content-type"] = content_type
+        response = client.post("/admin/rollback", content=body, headers=headers)
+        assert response.status_code == 415, content_type
+        assert "application/json" in response.json()["detail"]
+    # The key comes first: without it, 401 whatever the content type.
+    response = client.post("/admin/rollback", content=body, headers={"content-type": "text/plain"})
+    assert response.status_code == 401
+    assert three_versions.current_version() == 3
+    assert served(client)[0] == 3
+    operation = client.get("/openapi.json").json()["paths"]["/admin/rollback"]["post"]
+    assert "415" in operation["responses"]

@@ -5,12 +5,18 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import orjson
+import pytest
 from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
 from contracts.event_log import SqliteEventConsumer, SqliteEventLog
 from contracts.events import InteractionEvent
+from contracts.model_store import FileModelStore
 from contracts.settings import Settings
+from service.app import create_app
 from tests.service.conftest import MAX_EVENTS
+
+JSON = {"content-type": "application/json"}
 
 
 def logged_events(settings: Settings) -> list[InteractionEvent]:
@@ -65,7 +71,7 @@ def test_malformed_event_is_422_naming_the_field_and_nothing_is_appended(
     locs = sorted(tuple(error["loc"]) for error in response.json()["detail"])
     assert locs == [("body", "colour"), ("body", "timestamp"), ("body", "user_id")]
     for body in (b"{not json", b"[]", b"42"):
-        response = client.post("/events", content=body)
+        response = client.post("/events", content=body, headers=JSON)
         assert response.status_code == 422, body
         assert response.json()["detail"][0]["loc"][0] == "body"
     assert logged_events(settings) == []
@@ -134,3 +140,65 @@ def test_types_are_as_strict_as_the_schema_says(
     assert client.post("/events", json=[]).status_code == 422
     assert "422" in operation["responses"]
     assert len(logged_events(settings)) == 1
+
+
+def test_writes_need_a_json_content_type_so_no_cross_site_form_can_post(
+    client_factory: Callable[[], TestClient], settings: Settings
+) -> None:
+    client = client_factory()
+    event = orjson.dumps({"user_id": "u", "item_id": "i"})
+    # What a browser sends cross-site without a preflight: a form (urlencoded, multipart, or
+    # text/plain holding JSON), or a fetch of a Blob with no type at all.
+    refused = [
+        {"content-type": "text/plain"},
+        {"content-type": "text/plain; charset=utf-8"},
+        {"content-type": "application/x-www-form-urlencoded"},
+        {"content-type": "multipart/form-data; boundary=x"},
+        {"content-type": "application/jsonp"},
+        {},
+    ]
+    for headers in refused:
+        response = client.post("/events", content=event, headers=headers)
+        assert response.status_code == 415, headers
+        assert "Content-Type: application/json" in response.json()["detail"]
+    assert client.post("/events", data={"user_id": "u", "item_id": "i"}).status_code == 415
+    assert logged_events(settings) == []
+    for declared in ("application/json", "Application/JSON; charset=utf-8"):
+        response = client.post("/events", content=event, headers={"content-type": declared})
+        assert response.status_code == 202, declared
+    operation = client.get("/openapi.json").json()["paths"]["/events"]["post"]
+    assert "415" in operation["responses"]
+    assert "security" not in operation  # no events key configured: none asked for
+
+
+def test_the_optional_events_key_guards_writes(
+    settings: Settings, store: FileModelStore, event_log: SqliteEventLog
+) -> None:
+    configured = settings.model_copy(update={"events_api_key": SecretStr("w-key")})
+    with TestClient(create_app(configured, store=store, event_log=event_log)) as client:
+        event = {"user_id": "u", "item_id": "i"}
+        for headers in ({}, {"X-API-Key": ""}, {"X-API-Key": "w-ke"}, {"X-API-Key": "w-keyx"}):
+            response = client.post("/events", json=event, headers=headers)
+            assert response.status_code == 401, headers
+            assert response.headers["www-authenticate"] == "X-API-Key"
+        # The key is checked first: without it, a form post learns nothing about the body.
+        assert client.post("/events", data=event).status_code == 401
+        assert logged_events(settings) == []
+        response = client.post("/events", json=event, headers={"X-API-Key": "w-key"})
+        assert response.status_code == 202
+        assert client.get("/recommendations/u").status_code == 503  # reads need no key
+        operation = client.get("/openapi.json").json()["paths"]["/events"]["post"]
+        assert operation["security"] == [{"EventsAPIKey": []}]
+        assert "401" in operation["responses"]
+    assert len(logged_events(settings)) == 1
+
+
+def test_the_events_key_comes_from_its_environment_variable(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("CCD_EVENTS_API_KEY", raising=False)
+    assert Settings().events_api_key is None  # off by default
+    monkeypatch.setenv("CCD_EVENTS_API_KEY", "from-env")
+    key = Settings().events_api_key
+    assert key is not None and key.get_secret_value() == "from-env"
+    assert "from-env" not in repr(Settings())
