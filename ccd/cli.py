@@ -94,7 +94,10 @@ def _add_server(parser: argparse.ArgumentParser) -> None:
 
 def _add_trainer(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--learner", choices=["ccd", "bpr"], help="block learner (CCD_LEARNER, default ccd)"
+        "--learner",
+        choices=["ccd", "bpr", "als"],
+        help="block learner (CCD_LEARNER, default ccd): the CCD update, the BPR fine-tuning "
+        "baseline, or iALS retrained from scratch on every event so far",
     )
     parser.add_argument(
         "--base-block-size", type=int, help="events in the first block (CCD_BASE_BLOCK_SIZE)"

@@ -534,7 +534,7 @@ KAFKA_SIZES = Sizes(
 )
 
 
-@pytest.mark.parametrize("learner", ["ccd", "bpr"])
+@pytest.mark.parametrize("learner", ["ccd", "bpr", "als"])
 def test_kafka_redis_events_to_blocks_to_versions_to_answers(
     learner: str, service_settings: Settings, launcher: Launcher, tmp_path: Path
 ) -> None:
