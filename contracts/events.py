@@ -1,6 +1,8 @@
 """The interaction-event contract: what producers send and what the trainer consumes.
 
-On Kafka an event is one JSON message on topic ``interactions`` keyed by ``user_id``.
+On Kafka an event is one JSON message on topic ``interactions`` keyed by ``user_id``. Fields the
+contract does not name are ignored (not kept), so that a producer that adds a field loses
+nothing; ``parse_event`` says which there were, for the readers to count them.
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ MAX_FUTURE_SKEW_S = 24 * 3600
 class InteractionEvent(BaseModel):
     """One implicit-feedback interaction: ``user_id`` interacted with ``item_id``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # extra="ignore": an unknown field must not cost the event (it used to be dead-lettered).
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     user_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
     item_id: str = Field(min_length=1, max_length=MAX_ID_LENGTH)
@@ -81,3 +84,24 @@ class InteractionEvent(BaseModel):
     def from_bytes(cls, raw: bytes) -> InteractionEvent:
         """Parse one wire message; raises ``ValueError`` (a ``ValidationError`` too) if bad."""
         return cls.model_validate(orjson.loads(raw))
+
+
+KNOWN_FIELDS = frozenset(InteractionEvent.model_fields)
+# Unknown field names a log line shows (a name can be as long as the body allows).
+MAX_SHOWN_FIELDS, MAX_SHOWN_NAME = 5, 40
+
+
+def parse_event(payload: object) -> tuple[InteractionEvent, list[str]]:
+    """The event ``payload`` (a decoded JSON value) holds and the names of the fields in it
+    that the contract does not know (ignored); raises ``ValidationError`` if it holds none."""
+    event = InteractionEvent.model_validate(payload)
+    if not isinstance(payload, dict):  # an InteractionEvent itself, not a decoded message
+        return event, []
+    return event, [name for name in payload if name not in KNOWN_FIELDS]
+
+
+def shown_fields(names: list[str]) -> str:
+    """Unknown field names for a log line, shortened: a few names, each cut to a few chars."""
+    shown = [repr(name[:MAX_SHOWN_NAME]) for name in names[:MAX_SHOWN_FIELDS]]
+    more = len(names) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more else "")

@@ -55,6 +55,11 @@ class ServiceMetrics:
         self.events_accepted = Counter(
             "ccd_events_accepted", "Events appended to the event log", registry=r
         )
+        self.events_unknown_fields = Counter(
+            "ccd_events_unknown_fields",
+            "Accepted events that carried fields the event contract does not know (ignored)",
+            registry=r,
+        )
         self.events_rejected = Counter(
             "ccd_events_rejected", "Events refused by POST /events", ["reason"], registry=r
         )

@@ -3,7 +3,7 @@ event log behind its circuit breaker."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request
@@ -11,6 +11,7 @@ from fastapi import Depends, HTTPException, Request
 from contracts.event_log import EventLog
 from contracts.model_store import ModelStore
 from contracts.settings import Settings
+from contracts.throttle import WarningThrottle
 from service.breaker import CircuitBreaker
 from service.metrics import ServiceMetrics
 from service.model_holder import ModelHolder
@@ -30,6 +31,9 @@ class ServiceState:
     event_breaker: CircuitBreaker
     store: ModelStore
     metrics: ServiceMetrics
+    # Log lines about events with unknown fields (updated from several request threads without
+    # a lock: a race can only shift which line is logged, never lose an event or a count).
+    unknown_field_warnings: WarningThrottle = field(default_factory=WarningThrottle)
 
     def require_model(self) -> ServingModel:
         """The served version (read once: the caller keeps it for the whole request), or 503."""

@@ -30,12 +30,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 import torch
 
 from contracts.event_log import EventConsumer, LogRecord, next_offsets, open_consumer
-from contracts.events import InteractionEvent
+from contracts.events import InteractionEvent, parse_event, shown_fields
 from contracts.model_store import ModelSnapshot, ModelStore, StaleWriterError, open_model_store
 from contracts.settings import Settings
+from contracts.throttle import WarningThrottle
 from models.api import BlockData, BlockLearner, Embeddings, Interactions
 from models.data import split_block
 from models.metrics import embedding_scorer, ranking_metrics
@@ -64,6 +66,7 @@ class TrainerStats:
 
     events_consumed: int = 0  # valid, new events added to blocks
     malformed: int = 0
+    unknown_fields: int = 0  # valid events carrying fields the contract does not know (ignored)
     dead_lettered: int = 0
     dead_lettered_before: int = 0  # malformed, re-read after a restart, parked the first time
     duplicates: int = 0
@@ -77,36 +80,6 @@ class TrainerStats:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-class WarningThrottle:
-    """Per-message warnings without a log flood: the first ``burst`` are logged one by one,
-    after that at most one summary line per ``interval_s`` (a producer with a bad clock can
-    send millions of rejected events; every one is still counted and dead-lettered)."""
-
-    def __init__(self, burst: int = 20, interval_s: float = 10.0) -> None:
-        self.burst, self.interval_s = burst, interval_s
-        self.seen = 0
-        self.suppressed = 0
-        self._next_summary = 0.0
-
-    def allow(self) -> bool:
-        """Count one occurrence; True if the caller should log it in full."""
-        self.seen += 1
-        if self.seen <= self.burst:
-            if self.seen == self.burst:
-                self._next_summary = time.monotonic() + self.interval_s
-            return True
-        self.suppressed += 1
-        return False
-
-    def summary(self) -> int:
-        """Occurrences not logged since the last summary, if one is due now (else 0)."""
-        if self.suppressed == 0 or time.monotonic() < self._next_summary:
-            return 0
-        count, self.suppressed = self.suppressed, 0
-        self._next_summary = time.monotonic() + self.interval_s
-        return count
 
 
 def build_learner(settings: Settings) -> tuple[BlockLearner, str]:
@@ -201,6 +174,7 @@ class Trainer:
         self.policy = BlockPolicy.from_settings(settings)
         self.stats = TrainerStats()
         self.malformed_warnings = WarningThrottle()
+        self.unknown_field_warnings = WarningThrottle()
         self.users = IdMap()
         self.items = IdMap()
         self.item_counts = np.zeros(0, dtype=np.int64)
@@ -307,10 +281,12 @@ class Trainer:
             return
         self.block.add_record(record)
         try:
-            event = parse_record(record)
+            event, unknown = parse_record(record)
         except Exception as error:  # whatever a message holds, it must not stop the trainer
             self._reject(record, error)
             return
+        if unknown:
+            self._count_unknown_fields(record, unknown)
         key = dedup_hash(event.dedup_key())
         if not self.dedup.add(key):
             self.stats.duplicates += 1
@@ -332,6 +308,22 @@ class Trainer:
             self.applied_offsets[partition] = max(self.applied_offsets.get(partition, 0), offset)
         self._commit(records)
         self.block.forget_records()
+
+    def _count_unknown_fields(self, record: LogRecord, unknown: list[str]) -> None:
+        """A valid event with fields the contract does not know: applied, the fields ignored;
+        counted, and logged without a flood (a producer that adds a field sends it in every
+        event)."""
+        self.stats.unknown_fields += 1
+        throttle = self.unknown_field_warnings
+        if throttle.allow() or throttle.summary():
+            log.warning(
+                "event at %d/%d has fields the event contract does not know: %s; they are "
+                "ignored (%d such events so far)",
+                record.partition,
+                record.offset,
+                shown_fields(unknown),
+                self.stats.unknown_fields,
+            )
 
     def _reject(self, record: LogRecord, error: Exception) -> None:
         self.stats.malformed += 1
@@ -623,11 +615,12 @@ class Trainer:
         self.store.close()
 
 
-def parse_record(record: LogRecord) -> InteractionEvent:
-    """The event a raw message holds; raises (naming why) when it holds none."""
+def parse_record(record: LogRecord) -> tuple[InteractionEvent, list[str]]:
+    """The event a raw message holds and the unknown (ignored) fields in it; raises (naming
+    why) when it holds no event."""
     if record.value is None:
         raise ValueError("null value (a tombstone), not an event")
-    return InteractionEvent.from_bytes(record.value)
+    return parse_event(orjson.loads(record.value))
 
 
 def pair_keys(users: np.ndarray, items: np.ndarray) -> np.ndarray:

@@ -7,6 +7,9 @@ with ``Retry-After`` and nothing is acknowledged: a 202 means every event of the
 appended (Kafka: acks=all), anything else means the client should retry, keeping each event's
 ``event_id`` so that a retry of events that did get through is recognised by the trainer.
 
+Fields the event contract does not know are ignored (not appended), and the events that carried
+some are counted (``ccd_events_unknown_fields_total``) and logged without a flood.
+
 Writes need ``Content-Type: application/json`` (415 otherwise: no cross-site form can post
 events) and, when ``CCD_EVENTS_API_KEY`` is set, header ``X-API-Key`` with that key (401).
 """
@@ -25,7 +28,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from contracts.event_log import EventLogUnavailable
-from contracts.events import InteractionEvent
+from contracts.events import InteractionEvent, parse_event, shown_fields
 from contracts.settings import Settings
 from service.breaker import BreakerOpen
 from service.guards import (
@@ -72,8 +75,9 @@ def events_body_limit(settings: Settings) -> int:
     return settings.max_events_per_request * MAX_BYTES_PER_EVENT
 
 
-def parse_events(body: bytes, max_events: int) -> list[InteractionEvent]:
-    """One event object or a list of them; raises 422 (naming event and field) or 413."""
+def parse_events(body: bytes, max_events: int) -> tuple[list[InteractionEvent], list[list[str]]]:
+    """One event object or a list of them, and the unknown (ignored) field names of each event
+    that had some; raises 422 (naming event and field) or 413."""
     try:
         payload: Any = orjson.loads(body)
     except orjson.JSONDecodeError as error:
@@ -84,25 +88,43 @@ def parse_events(body: bytes, max_events: int) -> list[InteractionEvent]:
         raise HTTPException(413, f"{len(entries)} events; at most {max_events} per request")
     if not entries:
         raise _invalid(("body",), "List should have at least 1 item", "too_short")
-    events, errors = [], []
+    events, unknown, errors = [], [], []
     for position, entry in enumerate(entries):
         try:
-            events.append(InteractionEvent.model_validate(entry))
+            event, names = parse_event(entry)
         except ValidationError as error:
             prefix = ("body", position) if batch else ("body",)
             errors.extend(
                 {**detail, "loc": (*prefix, *detail["loc"])}
                 for detail in error.errors(include_url=False, include_context=False)
             )
+            continue
+        events.append(event)
+        if names:
+            unknown.append(names)
     if errors:
         raise RequestValidationError(errors[:MAX_REPORTED_ERRORS])
-    return events
+    return events, unknown
+
+
+def _count_unknown_fields(state: ServiceState, unknown: list[list[str]]) -> None:
+    """Accepted events that carried fields the contract does not know: counted, and logged
+    without a flood (a producer that adds a field sends it in every event)."""
+    state.metrics.events_unknown_fields.inc(len(unknown))
+    throttle = state.unknown_field_warnings
+    if throttle.allow() or throttle.summary():
+        log.warning(
+            "POST /events: %d accepted events had fields the event contract does not know "
+            "(the first: %s); they are ignored",
+            len(unknown),
+            shown_fields(unknown[0]),
+        )
 
 
 def _append(state: ServiceState, body: bytes) -> int:
     limit = state.settings.max_events_per_request
     try:
-        events = parse_events(body, limit)
+        events, unknown = parse_events(body, limit)
     except HTTPException:
         state.metrics.events_rejected.labels("too_large").inc()
         raise
@@ -123,6 +145,8 @@ def _append(state: ServiceState, body: bytes) -> int:
         ) from None
     state.seen.add((event.user_id, event.item_id) for event in events)
     state.metrics.events_accepted.inc(count)
+    if unknown:
+        _count_unknown_fields(state, unknown)
     return count
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -15,6 +16,7 @@ from contracts.event_log import (
     LogRecord,
     open_consumer,
     open_event_log,
+    read_dead_letter_marks,
 )
 from contracts.events import InteractionEvent
 from contracts.settings import Settings
@@ -202,3 +204,32 @@ def test_trainer_publishes_to_redis_and_commits_kafka_offsets(service_settings: 
     offsets = admin.list_group_offsets(settings.kafka_group_id)[settings.kafka_group_id]
     admin.close()
     assert sum(meta.offset for meta in offsets.values()) == 1_000  # every record, once
+
+
+def test_events_with_unknown_fields_are_applied_from_kafka_not_dead_lettered(
+    service_settings: Settings,
+) -> None:
+    import orjson
+
+    from trainer.process import Trainer
+    from trainer.synthetic import SyntheticStream
+
+    settings = service_settings.model_copy(
+        update={"learner": "bpr", "base_block_size": 300, "eval_k": 10}
+    )
+    stream = list(SyntheticStream(n_users=40, n_items=30, seed=3, n_events=300))
+    values = [orjson.dumps({**e.model_dump(), "schema_version": 2}) for e in stream]
+    log = KafkaEventLog(settings)
+    log.append_raw(values, [e.user_id for e in stream])
+    log.close()
+
+    trainer, stop = Trainer(settings), threading.Event()
+    thread = threading.Thread(target=trainer.run, args=(stop, 1))
+    thread.start()
+    thread.join(TIMEOUT_S)  # the block never closes if the events are parked
+    stop.set()
+    thread.join()
+    trainer.close()
+    assert trainer.stats.events_consumed == 300 and trainer.stats.unknown_fields == 300
+    assert trainer.stats.malformed == 0 and trainer.stats.dead_lettered == 0
+    assert read_dead_letter_marks(settings) == {}  # nothing parked

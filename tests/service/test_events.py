@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import orjson
@@ -69,7 +70,7 @@ def test_malformed_event_is_422_naming_the_field_and_nothing_is_appended(
     response = client.post("/events", json={"item_id": "x", "timestamp": -5, "colour": "red"})
     assert response.status_code == 422
     locs = sorted(tuple(error["loc"]) for error in response.json()["detail"])
-    assert locs == [("body", "colour"), ("body", "timestamp"), ("body", "user_id")]
+    assert locs == [("body", "timestamp"), ("body", "user_id")]  # an unknown field is no error
     for body in (b"{not json", b"[]", b"42"):
         response = client.post("/events", content=body, headers=JSON)
         assert response.status_code == 422, body
@@ -105,12 +106,13 @@ def test_a_422_echoes_no_more_than_a_short_prefix_of_the_input(
     client_factory: Callable[[], TestClient], settings: Settings
 ) -> None:
     # A 39 MB field came back whole as a 39 MB answer; here 15 KB (this app's body limit is
-    # MAX_EVENTS * 4 KB), in a value, as a field name, in a list and in the other routes.
+    # MAX_EVENTS * 4 KB), in a value, as a field name inside one, in a list and in the other
+    # routes. (An unknown field of an event, however long its name, is ignored: no 422.)
     client = client_factory()
     huge = "x" * 15_000
     bodies = [
         ("/events", {"user_id": huge, "item_id": "i"}),
-        ("/events", {"user_id": "u", "item_id": "i", huge: 1}),
+        ("/events", {"user_id": "u", "item_id": {huge: 1}}),
         ("/events", [{"user_id": "u", "item_id": [huge]}]),
         ("/recommendations", {"user_ids": [huge], "k": 1}),
     ]
@@ -202,3 +204,32 @@ def test_the_events_key_comes_from_its_environment_variable(
     key = Settings().events_api_key
     assert key is not None and key.get_secret_value() == "from-env"
     assert "from-env" not in repr(Settings())
+
+
+def test_unknown_fields_are_ignored_counted_and_logged_without_a_flood(
+    client_factory: Callable[[], TestClient],
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A producer that adds a field must lose nothing: the event is accepted, the field dropped.
+    client = client_factory()
+    extra = {"colour": "red", "x" * 5000: 1}
+    with caplog.at_level(logging.WARNING, logger="service.routers.events"):
+        for i in range(30):
+            event = {"user_id": f"u{i}", "item_id": "i", "event_id": f"e{i}", **extra}
+            response = client.post("/events", json=[event, {"user_id": "v", "item_id": "j"}])
+            assert response.status_code == 202
+    events = logged_events(settings)
+    assert len(events) == 60 and events[0].event_id == "e0"
+    raw = SqliteEventConsumer(settings.event_log_path, group_id="raw").poll(1, 0.0)[0].value
+    assert orjson.loads(raw) == {"user_id": "u0", "item_id": "i", "event_id": "e0",
+                                 "timestamp": events[0].timestamp}  # fmt: skip
+    metrics = client.get("/metrics").text
+    assert "ccd_events_unknown_fields_total 30.0" in metrics
+    assert "ccd_events_accepted_total 60.0" in metrics
+    lines = [r.getMessage() for r in caplog.records if "does not know" in r.getMessage()]
+    assert 1 <= len(lines) < 30  # the first ones, then at most a summary per interval
+    assert "'colour'" in lines[0] and len(lines[0]) < 300  # a 5,000-character name is cut
+    schema = client.get("/openapi.json").json()["paths"]["/events"]["post"]
+    oneof = schema["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
+    assert oneof[0].get("additionalProperties", True) is True  # the schema allows them too

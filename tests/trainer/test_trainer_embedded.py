@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 import torch
 
@@ -344,3 +346,31 @@ def test_junk_alone_is_dead_lettered_once_and_committed_past(settings: Settings)
     )
     assert parked.dead_letter_keys() == [None, "k", None, "k", "u1"]
     assert FileModelStore(settings.model_store_dir).versions() == []
+
+
+def with_unknown_fields(events: list[InteractionEvent]) -> list[bytes]:
+    """The events as wire messages, each with fields the contract does not know."""
+    return [
+        orjson.dumps({**event.model_dump(), "colour": "red", "app": {"v": i}})
+        for i, event in enumerate(events)
+    ]
+
+
+def test_events_with_unknown_fields_are_applied_counted_and_not_dead_lettered(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A producer that added a field used to lose every event it sent to the dead letters.
+    events = synthetic(BASE)
+    SqliteEventLog(settings.event_log_path).append_raw(
+        with_unknown_fields(events), [e.user_id for e in events]
+    )
+    trainer = Trainer(settings)
+    with caplog.at_level(logging.WARNING, logger="trainer.process"):
+        run_until(trainer, lambda: trainer.stats.blocks == 1)  # never, were they parked
+    assert trainer.stats.events_consumed == BASE and trainer.stats.malformed == 0
+    assert trainer.stats.unknown_fields == BASE
+    assert SqliteEventConsumer(settings.event_log_path, "x").dead_letters() == []
+    assert FileModelStore(settings.model_store_dir).load().meta["events"] == BASE
+    lines = [r.getMessage() for r in caplog.records if "does not know" in r.getMessage()]
+    assert 1 <= len(lines) <= trainer.unknown_field_warnings.burst  # logged, not flooded
+    assert "'colour', 'app'" in lines[0]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-import trainer.process
-from trainer.process import WarningThrottle
+import contracts.throttle
+from contracts.throttle import WarningThrottle
 
 
 def test_burst_then_one_summary_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
     now = [100.0]
-    monkeypatch.setattr(trainer.process.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(contracts.throttle.time, "monotonic", lambda: now[0])
     throttle = WarningThrottle(burst=3, interval_s=10.0)
     assert [throttle.allow() for _ in range(3)] == [True, True, True]
     assert [throttle.allow() for _ in range(5)] == [False] * 5
