@@ -133,6 +133,9 @@ class CCDConfig:
     # "window": the student is distilled on the data the teacher last trained on (the code);
     # "all": on every train pair so far, so inactive users stay covered.
     distill_data: Literal["window", "all"] = "window"
+    # "fresh": every re-distillation starts from a random student (the method); "previous":
+    # from the previous distilled student, grown by the entity initialisation (fewer epochs).
+    distill_init: Literal["fresh", "previous"] = "fresh"
     # -- Stage 2: student update (§3.4) ----------------------------------------------------------
     student_epochs: int = 10
     student_lr: float = 1e-3
@@ -411,9 +414,14 @@ def train_base_teachers(cfg: CCDConfig, block: BlockData) -> tuple[list[Member],
         scores[f"{member.kind}_{i}"] = best_score(result)
         log.info(
             "base teacher %d/%d (%s): %d epochs in %.0f s, best valid recall@20 %s at epoch %d",
-            i + 1, len(members), member.kind, result.epochs_run, time.perf_counter() - started,
-            scores[f"{member.kind}_{i}"], result.best_epoch,
-        )  # fmt: skip
+            i + 1,
+            len(members),
+            member.kind,
+            result.epochs_run,
+            time.perf_counter() - started,
+            scores[f"{member.kind}_{i}"],
+            result.best_epoch,
+        )
     return members, scores
 
 
@@ -627,8 +635,17 @@ class CCDLearner:
             ]
         )
         teacher = ensemble_scorer(self.teachers, window.n_items, cfg.ensemble_power)
+        start = self.distilled if cfg.distill_init == "previous" else None
         kd = _timed(
-            times, "distill", distill, teacher, kd_block, cfg, kd_exclusion, seed + cfg.student_seed
+            times,
+            "distill",
+            distill,
+            teacher,
+            kd_block,
+            cfg,
+            kd_exclusion,
+            seed + cfg.student_seed,
+            start=start,
         )
         self._adopt_distilled(kd, window)
         return {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -20,6 +21,7 @@ from models.kd import (
     teacher_lists,
     top_keys_mask,
 )
+from models.members import build_member
 from models.metrics import embedding_scorer, ranking_metrics
 
 
@@ -127,6 +129,22 @@ def test_distilled_student_learns_the_teacher_ranking() -> None:
     random_recall = 20 / 80
     assert got["recall@20"] > random_recall + 0.2, got
     assert result.fit.best_epoch >= 0 and not math.isinf(result.fit.best_score)
+
+
+def test_a_warm_started_distillation_grows_the_previous_student() -> None:
+    block, truth = low_rank_block()
+    cfg = CCDConfig.preset(
+        "stream", kd_epochs=2, kd_lr=0.0, kd_uninteresting_items=40, kd_uninteresting_users=60
+    )
+    small = dataclasses.replace(block, n_users=100, n_items=60)
+    previous = build_member("mf", small.n_users, small.n_items, cfg.student_dim, seed=3)
+    result = distill(embedding_scorer(truth), block, cfg, seed=0, start=previous)
+    assert (result.student.n_users, result.student.n_items) == (150, 80)
+    # lr 0: the old rows are the previous student's, and the previous student is untouched.
+    assert torch.equal(result.student.user_table.weight[:100], previous.user_table.weight)
+    assert previous.n_users == 100
+    fresh = distill(embedding_scorer(truth), block, cfg, seed=0)
+    assert not torch.equal(fresh.student.user_table.weight[:100], previous.user_table.weight)
 
 
 def test_mask_sampler_draws_the_sets_of_the_list_sampler() -> None:
