@@ -151,9 +151,11 @@ def decode_snapshot(blob: bytes, meta: dict[str, Any]) -> ModelSnapshot:
 class ModelStore(Protocol):
     """Versioned store of students with an atomic ``current`` pointer."""
 
-    def publish(self, snapshot: ModelSnapshot, fence: Fence | None = None) -> int:
+    def publish(self, snapshot: ModelSnapshot, fence: Fence | None = None, after: int = 0) -> int:
         """Write a new version completely, then point ``current`` at it and notify; returns
-        the version number (strictly increasing). Prunes beyond ``keep_versions``. With a
+        the version number (strictly increasing, and above ``after``: the writer's last
+        published version, so that numbers never go back even if the store lost its counter,
+        as a Redis restarted without persistence does). Prunes beyond ``keep_versions``. With a
         ``fence``, the pointer flips only while the fence's lease is still held (checked in
         the same atomic step), else ``StaleWriterError``."""
 
@@ -238,12 +240,12 @@ class FileModelStore:
         except FileNotFoundError:
             return None
 
-    def publish(self, snapshot: ModelSnapshot, fence: Fence | None = None) -> int:
+    def publish(self, snapshot: ModelSnapshot, fence: Fence | None = None, after: int = 0) -> int:
         """``fence`` is not checked here: the embedded writer lease is a ``flock`` that the
         kernel drops when its holder dies, so a writer that lost it is no longer running."""
         with self._lock_file():
             self._remove_leftovers()
-            version = max(self.versions(), default=0) + 1
+            version = max(*self.versions(), after, 0) + 1
             snapshot.meta["version"] = version
             blob, meta = encode_snapshot(snapshot)
             staging = self.root / f".staging-{uuid.uuid4().hex}"
@@ -379,6 +381,22 @@ return 1
 """
 
 
+# The next version number: the counter's next value, raised above ``after`` (ARGV[1], the
+# writer's last published version) and above every kept version when the counter is behind
+# (a Redis restarted without persistence starts it again at 0). KEYS: counter, versions.
+_REDIS_NEXT_VERSION = """
+local version = redis.call('INCR', KEYS[1])
+local floor = tonumber(ARGV[1])
+local newest = redis.call('ZREVRANGE', KEYS[2], 0, 0)[1]
+if newest and tonumber(newest) > floor then floor = tonumber(newest) end
+if version <= floor then
+    version = floor + 1
+    redis.call('SET', KEYS[1], version)
+end
+return version
+"""
+
+
 class RedisModelStore:
     """Keys under ``prefix``: ``{p}:next_version`` (INCR counter), ``{p}:versions`` (sorted set),
     ``{p}:model:{v}:meta`` (JSON incl. the chunk count), ``{p}:model:{v}:chunk:{i}`` (blob parts),
@@ -397,8 +415,9 @@ class RedisModelStore:
     def _key(self, *parts: object) -> str:
         return ":".join([self.prefix, *map(str, parts)])
 
-    def publish(self, snapshot: ModelSnapshot, fence: Fence | None = None) -> int:
-        version = int(self._redis.incr(self._key("next_version")))
+    def publish(self, snapshot: ModelSnapshot, fence: Fence | None = None, after: int = 0) -> int:
+        counter, versions = self._key("next_version"), self._key("versions")
+        version = int(self._redis.eval(_REDIS_NEXT_VERSION, 2, counter, versions, after))
         snapshot.meta["version"] = version
         blob, meta = encode_snapshot(snapshot)
         n_chunks = max(1, -(-len(blob) // REDIS_CHUNK_BYTES))

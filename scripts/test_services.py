@@ -182,7 +182,7 @@ def start_redis(work_dir: Path) -> tuple[Service, str]:
         "--port", str(port),
         "--dir", str(data_dir),
         "--save", "",
-        "--appendonly", "no",
+        "--appendonly", "yes",  # as docker-compose.yml: a restart keeps versions and epochs
         "--daemonize", "no",
         "--protected-mode", "yes",
         "--logfile", "",

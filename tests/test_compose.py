@@ -293,3 +293,23 @@ def test_trainer_health_check_follows_consumer_group_membership(
     finally:
         consumer.close()
     assert run_healthcheck("trainer", env=env) == 1  # left the group
+
+
+@pytest.mark.integration  # starts a real redis-server
+def test_the_test_harness_runs_redis_with_an_append_only_file_like_compose(
+    services: dict[str, Any], tmp_path: Path
+) -> None:
+    # Without one, a restart of `make services`' Redis lost the version counter and the lease.
+    import redis
+
+    from tests.faults.harness import test_services
+
+    command = services["redis"]["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    server, url = test_services.start_redis(tmp_path)
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=5)
+        assert client.config_get("appendonly") == {"appendonly": "yes"}
+        client.close()
+    finally:
+        server.stop()

@@ -6,7 +6,10 @@ publishes; the others wait and take over when it dies.
   clean exit. Each acquisition increments ``{prefix}:trainer:lease:epoch``. A holder that could
   not renew in time (Redis down, process paused) counts its lease as doubtful from TTL * 0.8
   after its last successful renewal and writes nothing durable until it renews; it takes the key
-  back after an outage only if the epoch shows nobody held it meanwhile, else it has lost. The
+  back after an outage only if the epoch shows nobody held it meanwhile, else it has lost (and
+  says whether to another trainer, or with Redis's data: no holder and an epoch counter behind
+  its own, as after a restart without persistence; an epoch never goes below the last one this
+  lease held). The
   store's publish is fenced by the token (checked atomically with the pointer flip), so a
   zombie holder cannot publish.
 - Embedded (file store): an exclusive ``flock`` on ``data_dir/trainer.lock``. The kernel drops
@@ -142,15 +145,23 @@ class FileLease:
 
 # --- Redis: SET NX PX with a token and a heartbeat -----------------------------------------
 
-# KEYS: lease, epoch; ARGV: token, ttl ms. Returns the new epoch, or 0 if someone holds it.
+# KEYS: lease, epoch; ARGV: token, ttl ms, the last epoch this trainer held (a floor: the epoch
+# must not go back when Redis lost its counter). Returns the new epoch, or 0 if someone holds it.
 _ACQUIRE = """
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-    return redis.call('INCR', KEYS[2])
+    local epoch = redis.call('INCR', KEYS[2])
+    if epoch <= tonumber(ARGV[3]) then
+        epoch = tonumber(ARGV[3]) + 1
+        redis.call('SET', KEYS[2], epoch)
+    end
+    return epoch
 end
 return 0
 """
 # KEYS: lease, epoch; ARGV: token, ttl ms, our epoch. 1: renewed; 2: expired and taken back
-# (nobody held it meanwhile); -1: lost.
+# (nobody held it meanwhile); -1: lost to another trainer (it holds the lease, or the epoch
+# moved past ours); -2: lost with Redis's data (no holder and the epoch counter behind ours: a
+# Redis restarted without persistence; whether another trainer wrote meanwhile is unknowable).
 _RENEW = """
 local holder = redis.call('GET', KEYS[1])
 if holder == ARGV[1] then
@@ -158,10 +169,17 @@ if holder == ARGV[1] then
     return 1
 end
 if holder then return -1 end
-if tonumber(redis.call('GET', KEYS[2]) or '0') ~= tonumber(ARGV[3]) then return -1 end
+local epoch = tonumber(redis.call('GET', KEYS[2]) or '0')
+if epoch < tonumber(ARGV[3]) then return -2 end
+if epoch > tonumber(ARGV[3]) then return -1 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 2
 """
+_LOST_TO_ANOTHER = "another trainer took it"
+_LOST_WITH_DATA = (
+    "Redis no longer has it nor its epoch counter (restarted without persistence? run it "
+    "with an append-only file); taking it again and resuming from the checkpoint"
+)
 # KEYS: lease; ARGV: token. Deletes the key only if we hold it.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -186,6 +204,7 @@ class RedisLease:
         )
         self._trusted_until = float("-inf")  # monotonic clock
         self._lost = False
+        self._lost_reason = ""
         self._held = False
         self._stop_heartbeat = threading.Event()
         self._heartbeat: threading.Thread | None = None
@@ -203,7 +222,7 @@ class RedisLease:
             started = time.monotonic()
             try:
                 epoch = int(self._redis.eval(_ACQUIRE, 2, self.key, self.epoch_key, self.holder,
-                                             self._ttl_ms))  # fmt: skip
+                                             self._ttl_ms, self.epoch))  # fmt: skip
                 if epoch > 0:
                     self._taken(epoch, started)
                     return True
@@ -244,7 +263,8 @@ class RedisLease:
                 failing = True
                 continue
             if result < 0:
-                log.error("writer lease %s lost: another trainer took it", self.key)
+                self._lost_reason = _LOST_TO_ANOTHER if result == -1 else _LOST_WITH_DATA
+                log.error("writer lease %s lost: %s", self.key, self._lost_reason)
                 self._lost = True
                 return
             self._trusted_until = started + TRUST_FRACTION * self.ttl_s
@@ -259,7 +279,9 @@ class RedisLease:
 
     def check(self) -> None:
         if self._lost:
-            raise LeaseLost(f"writer lease {self.key} lost (epoch {self.epoch})")
+            raise LeaseLost(
+                f"writer lease {self.key} lost (epoch {self.epoch}): {self._lost_reason}"
+            )
 
     def wait_trusted(self, stop: threading.Event) -> bool:
         waited = False

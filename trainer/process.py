@@ -556,7 +556,8 @@ class Trainer:
             if not self._await_lease(stop):
                 return None
             try:
-                return self.store.publish(snapshot, fence)
+                # after: the checkpoint's last version, in case the store lost its counter.
+                return self.store.publish(snapshot, fence, after=self.stats.last_version or 0)
             except StaleWriterError as error:
                 raise LeaseLost(str(error)) from error
 

@@ -290,9 +290,12 @@ class OwnRedis:
     a ``kill -9`` and a restart keep its data (as a production Redis must for the model store:
     the version counter and the lease epoch live there)."""
 
-    def __init__(self, work_dir: Path) -> None:
+    def __init__(self, work_dir: Path, persist: bool = True) -> None:
+        """``persist=False``: no append-only file, as a careless deployment runs it (a restart
+        loses every key)."""
         self.dir = work_dir / "redis"
         self.dir.mkdir(parents=True)
+        self.persist = persist
         self.port = test_services.free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.service: Any = None
@@ -305,7 +308,7 @@ class OwnRedis:
             "--port", str(self.port),
             "--dir", str(self.dir),
             "--save", "",
-            "--appendonly", "yes",
+            "--appendonly", "yes" if self.persist else "no",
             "--appendfsync", "always",
             "--daemonize", "no",
         ]  # fmt: skip

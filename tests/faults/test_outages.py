@@ -5,12 +5,15 @@
   (append-only file) the same process publishes and commits, with no restart.
 - The writer lease through a Redis outage longer than its TTL: in doubt while Redis is away,
   taken back (same epoch) when it returns.
+- A Redis restarted without persistence (every key lost): version numbers go on from the
+  trainer's checkpoint, the lease says it was lost with Redis's data, its next epoch is higher.
 - Kafka ``kill -9`` under a running trainer process: once the same broker is back the same
   process reconnects and goes on; nothing lost or applied twice.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
@@ -39,6 +42,7 @@ from tests.faults.harness import (
 )
 from trainer.checkpoint import checkpoint_files
 from trainer.lease import RedisLease
+from trainer.process import Trainer
 
 pytestmark = pytest.mark.integration
 
@@ -133,6 +137,47 @@ def test_the_lease_survives_a_redis_outage_longer_than_its_ttl(own_redis: OwnRed
         other.close()
     finally:
         lease.close()
+
+
+def test_a_redis_restarted_without_persistence_sends_no_version_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It used to number the next version 1 again (7 -> 1) and to log that another trainer had
+    # taken the lease. Now the trainer's checkpoint keeps the numbering going, the lease says
+    # what happened, and a new epoch is above the old one.
+    server = OwnRedis(tmp_path, persist=False)
+    server.start()
+    settings = Settings(
+        **{**TRAINER_SETTINGS, "data_dir": tmp_path / "data", "redis_url": server.url}
+    )
+    lease = RedisLease(server.url, "lost", ttl_s=0.6)
+    try:
+        SqliteEventLog(settings.event_log_path).append(make_events(BASE + 2 * BLOCK, "v"))
+        trainer = Trainer(settings)
+        trainer.run(max_blocks=2)
+        trainer.close()
+        assert lease.acquire(threading.Event()) and lease.epoch == 1
+        server.kill()
+        server.start()  # empty: no version, no counter, no lease, no epoch
+        with caplog.at_level(logging.ERROR, logger="trainer.lease"):
+            wait_for("the heartbeat notices", lambda: lease.lost, timeout_s=10.0)
+        lost = [r.getMessage() for r in caplog.records if "lost" in r.getMessage()]
+        assert lost and "restarted without persistence" in lost[0]
+        assert not any("another trainer" in line for line in lost)
+        lease.release()
+        assert lease.acquire(threading.Event()) and lease.epoch == 2  # not 1 again
+        # From its checkpoint, taken before version 2 went out: the store lost that publish,
+        # so it goes out again, under its number (after version 1), then block 2 as 3.
+        restarted = Trainer(settings)
+        restarted.run(max_blocks=1)
+        restarted.close()
+        store = RedisModelStore(server.url, keep_versions=5)
+        assert store.versions() == [2, 3] and store.current_version() == 3
+        assert [store.load_meta(v)["block_index"] for v in (2, 3)] == [1, 2]
+        store.close()
+    finally:
+        lease.close()
+        server.stop()
 
 
 @pytest.mark.slow

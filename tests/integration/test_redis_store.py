@@ -135,3 +135,18 @@ def test_open_model_store_uses_redis_when_configured(redis_url: str, unique_name
     store = open_model_store(Settings(redis_url=redis_url, redis_prefix=unique_name))
     assert isinstance(store, RedisModelStore) and store.prefix == unique_name
     store.close()
+
+
+def test_versions_never_go_back_when_redis_lost_its_data(
+    store: RedisModelStore, redis_url: str, unique_name: str
+) -> None:
+    # A Redis restarted without persistence starts the version counter again at 0: 7 -> 1.
+    for fill in (1.0, 2.0, 3.0):
+        store.publish(snapshot(fill))
+    client = redis.Redis.from_url(redis_url)
+    client.delete(f"{unique_name}:next_version")  # the counter lost, the versions kept
+    assert store.publish(snapshot(4.0)) == 4
+    client.delete(*client.keys(f"{unique_name}:*"))  # everything lost
+    assert store.publish(snapshot(5.0), after=4) == 5  # the writer's last version rules
+    assert store.publish(snapshot(6.0)) == 6 and store.versions() == [5, 6]
+    client.close()
