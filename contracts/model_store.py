@@ -175,7 +175,8 @@ class ModelStore(Protocol):
         """Point ``current`` at a kept version (rollback) and notify."""
 
     def wait_for_update(self, timeout_s: float) -> bool:
-        """Block until a notification arrives or ``timeout_s`` passes; True if notified."""
+        """Block until a notification arrives or ``timeout_s`` passes; True if notified.
+        Raises when the store cannot be reached (the caller decides how to report it)."""
 
     def close(self) -> None: ...
 
@@ -509,7 +510,8 @@ class RedisModelStore:
 
     def wait_for_update(self, timeout_s: float) -> bool:
         """True when an update was announced, or when the pointer moved while not subscribed
-        (first call, or after a lost connection)."""
+        (first call, or after a lost connection). A lost connection raises its ``RedisError``
+        at once (the next call resubscribes): the caller reports the outage, once."""
         import redis
 
         deadline = time.monotonic() + timeout_s
@@ -527,11 +529,9 @@ class RedisModelStore:
                     self._seen_pointer = self.current_version()
                     return True
             return False
-        except redis.RedisError as error:
-            log.warning("model update channel lost (%s); will resubscribe", error)
+        except redis.RedisError:
             self._drop_pubsub()
-            time.sleep(max(0.0, min(1.0, deadline - time.monotonic())))
-            return False
+            raise
 
     def _pointer_moved(self) -> bool:
         pointer = self.current_version()

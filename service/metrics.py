@@ -46,6 +46,11 @@ class ServiceMetrics:
             ["reason"],
             registry=r,
         )
+        self.model_store_outages = Counter(
+            "ccd_model_store_outages",
+            "Times the model store became unreachable (one per outage, however long)",
+            registry=r,
+        )
         self.publish_to_serve = Histogram(
             "ccd_model_publish_to_serve_seconds",
             "From a version's publication (its published_at, else trained_at) to serving it here",

@@ -4,7 +4,9 @@ A background thread waits on the store's notification (``wait_for_update``), whi
 latest after ``poll_s`` so polling is the fallback when a notification is lost. Whatever version
 the store's ``current`` pointer names is served (a rollback is followed too). A version that
 fails its checks is refused once, logged and counted; the last good model stays in place. While
-the store is unreachable the last loaded model keeps being served and the thread keeps trying.
+the store is unreachable the last loaded model keeps being served and the thread keeps trying;
+an outage is logged once when it starts and once when it ends (``OutageLog``) and counted
+(``ccd_model_store_outages_total``; each failed attempt in ``ccd_model_reload_failures_total``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,10 @@ import logging
 import threading
 import time
 
+import redis
+
 from contracts.model_store import CorruptModelError, ModelStore
+from contracts.throttle import OutageLog
 from service.metrics import ServiceMetrics
 from service.ranking import ServingModel
 
@@ -21,6 +26,14 @@ log = logging.getLogger(__name__)
 
 # Longest single wait on the store's notification, so that stop() takes effect quickly.
 _WAIT_SLICE_S = 1.0
+# Shortest wait after a failed wait on the store (no busy loop while it is down).
+_MIN_RETRY_S = 0.1
+
+
+def is_outage(error: Exception) -> bool:
+    """The store is unreachable (a connection refused, reset or timed out), as opposed to a
+    bug, which still gets its traceback."""
+    return isinstance(error, OSError | redis.ConnectionError | redis.TimeoutError)
 
 
 class ModelHolder:
@@ -33,6 +46,7 @@ class ModelHolder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._refresh_lock = threading.Lock()
+        self._outage = OutageLog(log, "model store")
 
     @property
     def model(self) -> ServingModel | None:
@@ -44,10 +58,10 @@ class ModelHolder:
         with self._refresh_lock:
             try:
                 version = self._store.current_version()
-            except Exception:
-                log.exception("cannot read the current model version")
-                self._metrics.model_reload_failures.labels("store").inc()
+            except Exception as error:
+                self._store_failed(error, "cannot read the current model version")
                 return False
+            self._store_answered()
             served = self._model.version if self._model is not None else None
             if version is None or version == served or version in self._refused:
                 return False
@@ -66,13 +80,23 @@ class ModelHolder:
             log.warning("model version %d vanished before it could be loaded", version)
             self._metrics.model_reload_failures.labels("missing").inc()
             return False
-        except Exception:
-            log.exception("cannot load model version %d", version)
-            self._metrics.model_reload_failures.labels("store").inc()
+        except Exception as error:
+            self._store_failed(error, f"cannot load model version {version}")
             return False
         self._model = model  # the atomic swap: in-flight requests keep their old reference
         self._record_swap(model)
         return True
+
+    def _store_failed(self, error: Exception, doing: str) -> None:
+        """Count a failed store call; an outage is logged when it starts, a bug every time."""
+        self._metrics.model_reload_failures.labels("store").inc()
+        if not is_outage(error):
+            log.error("%s", doing, exc_info=error)
+        elif self._outage.failed(error):
+            self._metrics.model_store_outages.inc()
+
+    def _store_answered(self) -> None:
+        self._outage.succeeded()  # logs the end of an outage, once
 
     def rollback(self, version: int) -> ServingModel:
         """Loads and checks a kept ``version``, points the store's ``current`` at it and serves
@@ -116,10 +140,14 @@ class ModelHolder:
             wait_s = min(_WAIT_SLICE_S, max(0.0, next_poll - time.monotonic()))
             try:
                 notified = self._store.wait_for_update(wait_s)
-            except Exception:
-                log.exception("waiting for model updates failed; polling instead")
+            except Exception as error:
+                if is_outage(error):
+                    if self._outage.failed(error):
+                        self._metrics.model_store_outages.inc()
+                else:
+                    log.exception("waiting for model updates failed; polling instead")
                 notified = False
-                self._stop.wait(wait_s)
+                self._stop.wait(max(wait_s, _MIN_RETRY_S))
             if self._stop.is_set():
                 break
             if notified or time.monotonic() >= next_poll:

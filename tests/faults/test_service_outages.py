@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import logging
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -213,3 +215,40 @@ def test_redis_outage_keeps_the_served_model_and_reloads_resume(
         publisher.close()
     finally:
         redis.stop()
+
+
+def test_a_redis_outage_is_logged_once_when_it_starts_and_once_when_it_ends(
+    tmp_path: Path, unique_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # It used to log a warning every second and a traceback at every poll.
+    redis = OwnRedis(tmp_path)
+    redis.start()
+    try:
+        RedisModelStore(redis.url, unique_name).publish(make_snapshot())
+        settings = Settings(
+            kafka_bootstrap_servers=None,
+            redis_url=redis.url,
+            redis_prefix=unique_name,
+            data_dir=tmp_path / "data",
+            reload_poll_s=0.2,  # 15 polls and a few channel waits fail during the outage
+        )
+        with TestClient(create_app(settings)) as client:
+            wait_until(lambda: client.get("/health/ready").status_code == 200, 30)
+            with caplog.at_level(logging.DEBUG):
+                redis.kill()
+                time.sleep(OUTAGE_S)
+                redis.start()
+                wait_until(lambda: "reachable again" in caplog.text, 30)
+                metrics = client.get("/metrics").text
+            assert client.get("/recommendations/u0").status_code == 200
+    finally:
+        redis.stop()
+    lines = [r for r in caplog.records if r.name.startswith(("service", "contracts"))]
+    shown = [r.getMessage() for r in lines if r.levelno >= logging.WARNING]
+    assert len(shown) == 2, shown
+    assert shown[0].startswith("model store unreachable (ConnectionError: ")
+    assert shown[1].startswith("model store reachable again after ")
+    assert not any(r.exc_info for r in lines)  # no traceback
+    assert "ccd_model_store_outages_total 1.0" in metrics
+    failed = re.search(r'ccd_model_reload_failures_total\{reason="store"\} (\d+)', metrics)
+    assert failed is not None and int(failed.group(1)) >= 5  # every attempt still counted
