@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from contracts.model_store import ModelSnapshot
@@ -50,8 +51,8 @@ class TeacherServingModel(ServingModel):
             columns = slice(start, start + dim)
             members.append(
                 (
-                    base.user_vectors[:, columns].contiguous(),
-                    base.item_matrix[:, columns].contiguous(),
+                    torch.from_numpy(np.ascontiguousarray(base.user_vectors[:, columns])),
+                    torch.from_numpy(np.ascontiguousarray(base.item_matrix[:, columns])),
                 )
             )
             start += dim
@@ -59,10 +60,11 @@ class TeacherServingModel(ServingModel):
         power = float(snapshot.meta.get("ensemble_power", DEFAULT_POWER))
         return cls(**fields, members=tuple(members), power=power)
 
-    def score_users(self, user_rows: list[int]) -> torch.Tensor:
-        """Rank-ensemble scores of the given users, (B, I)."""
+    def score_users(self, user_rows: list[int]) -> np.ndarray:
+        """Rank-ensemble scores of the given users, (B, I) float32 (a new array)."""
         scorer = rank_ensemble_scorer([_member_scorer(u, i) for u, i in self.members], self.power)
-        return scorer(torch.tensor(user_rows, dtype=torch.long))
+        with torch.inference_mode():
+            return scorer(torch.tensor(user_rows, dtype=torch.long)).float().numpy()
 
 
 def install_teacher_serving() -> None:

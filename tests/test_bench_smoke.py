@@ -75,7 +75,7 @@ def test_single_user_path_matches_brute_force() -> None:
     )
     for user in range(5):
         exclude = {f"i{i}" for i in rng.choice(200, size=30, replace=False)}
-        scores = model.item_matrix.numpy().astype(np.float64) @ model.user_vectors.numpy()[user]
+        scores = model.item_matrix.astype(np.float64) @ model.user_vectors[user]
         order = [f"i{i}" for i in np.argsort(-scores, kind="stable") if f"i{i}" not in exclude]
         ranked = model.recommend(f"u{user}", 25, exclude)
         assert ranked.item_ids == order[:25]

@@ -25,8 +25,8 @@ def random_model(n_users: int = 40, n_items: int = 300, dim: int = 8) -> Serving
 
 
 def reference_top_k(model: ServingModel, user: str, k: int, exclude: set[str]) -> list[str]:
-    users = model.user_vectors.numpy()
-    items = model.item_matrix.numpy()
+    users = model.user_vectors
+    items = model.item_matrix
     scores = items.astype(np.float64) @ users[model.user_index[user]].astype(np.float64)
     order = [int(i) for i in np.argsort(-scores, kind="stable")]
     return [model.item_ids[i] for i in order if model.item_ids[i] not in exclude][:k]
@@ -46,7 +46,7 @@ def test_batch_matches_brute_force(monkeypatch: pytest.MonkeyPatch, chunk_scores
     for user, exclude, ranked in zip(users[:-1], excludes, results, strict=False):
         assert ranked.strategy == "personalized"
         assert ranked.item_ids == reference_top_k(model, user, 25, exclude)
-        scores = model.item_matrix.numpy() @ model.user_vectors.numpy()[model.user_index[user]]
+        scores = model.item_matrix @ model.user_vectors[model.user_index[user]]
         expected = [scores[model.item_index[i]] for i in ranked.item_ids]
         np.testing.assert_allclose(ranked.scores, expected, rtol=1e-5, atol=1e-5)
     popular = results[-1]
@@ -66,7 +66,7 @@ def test_everything_seen_leaves_nothing() -> None:
 
 def test_similar_is_cosine_without_the_item_itself() -> None:
     model = random_model()
-    items = model.item_matrix.numpy().astype(np.float64)
+    items = model.item_matrix.astype(np.float64)
     unit = items / np.linalg.norm(items, axis=1, keepdims=True)
     cosine = unit @ unit[7]
     cosine[7] = -np.inf
@@ -76,6 +76,25 @@ def test_similar_is_cosine_without_the_item_itself() -> None:
     np.testing.assert_allclose(ranked.scores, np.sort(cosine)[::-1][:10], rtol=1e-5)
     with pytest.raises(KeyError):
         model.similar("nope", 3)
+
+
+def test_similar_breaks_ties_by_the_lower_item_index() -> None:
+    # Items 0..11 point two ways (cosine 1 with i0 or 0); the 5 zero vectors score 0 too.
+    items = np.zeros((17, 2), dtype=np.float32)
+    items[:12:2] = [1.0, 1.0]
+    items[1:12:2] = [2.0, -2.0]
+    model = ServingModel.from_snapshot(
+        ModelSnapshot(
+            user_ids=["a"],
+            item_ids=[f"i{i}" for i in range(17)],
+            user_embeddings=np.ones((1, 2), dtype=np.float32),
+            item_embeddings=items,
+            item_popularity=np.zeros(17, dtype=np.float32),
+        )
+    )
+    ranked = model.similar("i0", 16)
+    assert ranked.item_ids == [f"i{i}" for i in [2, 4, 6, 8, 10, 1, 3, 5, 7, 9, *range(11, 17)]]
+    np.testing.assert_allclose(ranked.scores, [1.0] * 5 + [0.0] * 11, atol=1e-6)
 
 
 def test_precomputed_state_shares_the_snapshot_memory() -> None:
@@ -90,9 +109,9 @@ def test_precomputed_state_shares_the_snapshot_memory() -> None:
     )
     users = snapshot.user_embeddings
     model = ServingModel.from_snapshot(snapshot)
-    assert np.shares_memory(model.user_vectors.numpy(), users)  # no copy of the user table
-    assert model.item_matrix.T.is_contiguous()  # one column-major copy for the fast GEMV
-    assert np.array_equal(model.item_matrix.numpy(), items)
+    assert np.shares_memory(model.user_vectors, users)  # no copy of the user table
+    assert model.item_matrix.T.flags.c_contiguous  # one column-major copy for the fast GEMV
+    assert np.array_equal(model.item_matrix, items)
 
 
 @pytest.mark.parametrize("seed", range(30))
