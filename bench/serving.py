@@ -230,12 +230,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "history (Poisson, the dataset's mean interactions per user, Zipf-like item "
         "popularity) in the embedded event log, excluded from every answer as in production.",
         "Server: `python -m bench.server` = the app `ccd serve` runs, under uvicorn, one process "
-        "pinned with taskset to one core, torch with 1 thread, log level WARNING (no access "
+        "pinned with taskset to one core, 1 BLAS thread, log level WARNING (no access "
         "log). Load: wrk (one thread) pinned to the other core, a random known user per request.",
         "Path of a request: the app's fast lane (service.routers.recommendations."
         "OneUserFastLane) answers valid GET /recommendations/{user} requests without FastAPI's "
         "routing and validation, and ranks the requests that arrive in one event-loop turn "
-        "together (one users x items product); with several connections open, requests are "
+        "together (one users x items score matrix); with several connections open, requests are "
         "batched that way, with one they are ranked one by one.",
         "Offered load: wrk has no constant-rate mode, so a Lua delay() hook hands each request "
         "the next slot of a global schedule (LuaJIT ffi clock); latency is timed from the "

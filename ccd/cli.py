@@ -260,7 +260,9 @@ def _serve(settings: Any) -> None:
     import uvicorn
 
     from service.app import create_app
+    from service.ranking import limit_blas_threads
 
+    limit_blas_threads(1)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
