@@ -1,4 +1,4 @@
-"""Benchmarks of the service: serving, ingest, update cost, freshness, swap impact.
+"""Benchmarks of the service: serving, ingest, update cost, freshness, swap impact, learners.
 
 Each one runs with one command (``ccd bench NAME`` or ``python -m bench.NAME``), prints a table,
 writes ``docs/benchmarks/NAME.json`` and regenerates ``docs/BENCHMARKS.md`` from every JSON there
@@ -6,4 +6,4 @@ writes ``docs/benchmarks/NAME.json`` and regenerates ``docs/BENCHMARKS.md`` from
 runs each with tiny sizes.
 """
 
-NAMES = ("serving", "ingest", "update", "freshness", "swap")
+NAMES = ("serving", "ingest", "update", "freshness", "swap", "learners")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import service.model_holder
-from bench import common, ingest, loadgen, report, swap, update
+from bench import common, ingest, learners, loadgen, report, swap, update
 from bench.teacher import TeacherServingModel, install_teacher_serving
 from contracts.model_store import ModelSnapshot
 from service.ranking import ServingModel
@@ -221,6 +221,21 @@ def test_ingest_benchmark_on_the_embedded_log(tmp_path: Path) -> None:
     assert drain["blocks_closed"] == 3 and drain["events_in_closed_blocks"] == 3000
     rendered = report.section("ingest", result)
     assert "drain" in rendered and "Command:" in rendered
+
+
+def test_learners_benchmark_runs_every_learner_on_one_stream(tmp_path: Path) -> None:
+    args = learners.build_parser().parse_args(
+        ["--blocks", "1", "--base-events", "400", "--block-events", "200"]
+        + ["--users", "80", "--items", "60", "--out", str(tmp_path)]
+    )
+    result = learners.run(args)
+    assert set(result["results"]) == {"ccd (best)", "ccd (paper)", "bpr", "als"}
+    for entry in result["results"].values():
+        assert len(entry["recall@20"]) == 1 and 0 <= entry["recall@20"][0] <= 1
+    assert result["results"]["als"]["served_dim"] == 64
+    rows = {row[0]: row for row in learners.table_rows(result)}
+    assert rows["bpr"][-1] == 1.0
+    assert "ccd (paper)" in report.section("learners", result)
 
 
 def test_the_report_places_the_analysis_after_the_headline(tmp_path: Path) -> None:
