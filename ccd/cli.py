@@ -210,7 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.add_parser(
         "bench",
-        help="benchmarks: serving, ingest, update, freshness, swap, learners, all (ccd bench NAME --help)",
+        help="benchmarks: serving, ingest, update, freshness, swap, learners, all "
+        "(ccd bench NAME --help)",
         add_help=False,
     )
     version = commands.add_parser("version", help="print the version")
