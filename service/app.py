@@ -19,6 +19,7 @@ from contracts.event_log import EventLog, open_event_log
 from contracts.model_store import ModelStore, open_model_store
 from contracts.settings import Settings
 from service.breaker import CircuitBreaker
+from service.head import HeadAsGetMiddleware
 from service.limits import BodySizeLimitMiddleware
 from service.metrics import RequestMetricsMiddleware, ServiceMetrics
 from service.model_holder import ModelHolder
@@ -132,6 +133,7 @@ def create_app(
         BodySizeLimitMiddleware, limits={"/events": events.events_body_limit(settings)}
     )
     app.add_middleware(RequestMetricsMiddleware, metrics=service_metrics)
+    app.add_middleware(HeadAsGetMiddleware)  # outermost: every route and the lane see a GET
     app.include_router(recommendation_routes)
     app.include_router(items.build_router(settings))
     app.include_router(events.build_router(settings))
