@@ -287,11 +287,31 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_produce(args: argparse.Namespace) -> int:
     settings = load_settings(_overrides(args))
     configure_logging(settings.log_level)
+    problem = _events_file_problem(args.file)
+    if problem:
+        print(f"ccd produce: {problem}", file=sys.stderr)
+        return 2
     from trainer.producer import produce, read_events
 
     count = produce(settings, read_events(args.file), rate=args.rate, total=args.limit)
     print(f"sent {count} events")
     return 0
+
+
+def _events_file_problem(path: Path) -> str | None:
+    """One line saying why ``path`` cannot be streamed (missing, unreadable, no user and item
+    columns), or None: a user's typo gets that line, not a traceback."""
+    from trainer.producer import check_events_file
+
+    try:
+        check_events_file(path)
+    except OSError as error:
+        return f"{path}: {error.strerror or error}"
+    except UnicodeDecodeError:
+        return f"{path}: not UTF-8 text"
+    except ValueError as error:  # its message names the file
+        return str(error)
+    return None
 
 
 def cmd_replay(argv: list[str]) -> int:
@@ -328,6 +348,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         _overrides(args, *_SERVER_FIELDS, *_TRAINER_FIELDS, "seed"), defaults=UP_SETTINGS
     )
     configure_logging(settings.log_level)
+    problem = _events_file_problem(args.data) if args.data else None
+    if problem:  # before anything starts: no server and trainer running on without data
+        print(f"ccd up: {problem}", file=sys.stderr)
+        return 2
     source = {
         "data": str(args.data.resolve()) if args.data else None,
         "rate": args.rate,

@@ -190,3 +190,38 @@ def test_up_leaves_no_process_behind(tmp_path: Path, signum: int) -> None:
         for pid in children:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def _ccd(args: list[str], timeout_s: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """``ccd ARGS`` in a fresh process in embedded mode (no CCD_* variables)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CCD_")}
+    command = [sys.executable, "-m", "ccd", *args]
+    return subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s
+    )
+
+
+def _assert_one_line_error(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and all(word in lines[0] for word in words), result.stderr[-3000:]
+
+
+def test_produce_of_a_missing_or_unreadable_file_says_so_in_one_line(tmp_path: Path) -> None:
+    bad_header = tmp_path / "bad.csv"
+    bad_header.write_text("a,b\n1,2\n")
+    cases = [(tmp_path / "missing.csv", "No such file"), (tmp_path, "Is a directory")]
+    for path, reason in [*cases, (bad_header, "no column for")]:
+        result = _ccd(["produce", str(path), "--data-dir", str(tmp_path / "data")])
+        _assert_one_line_error(result, f"ccd produce: {path}", reason)
+    assert not (tmp_path / "data").exists()  # nothing was opened
+
+
+def test_up_with_a_missing_file_starts_nothing(tmp_path: Path) -> None:
+    """It used to print the producer's traceback and serve on, with a trainer and no data."""
+    missing = tmp_path / "missing.csv"
+    command = ["up", "--data", str(missing), "--data-dir", str(tmp_path / "data")]
+    result = _ccd([*command, "--port", str(_free_port())])
+    _assert_one_line_error(result, f"ccd up: {missing}: No such file")
+    assert not (tmp_path / "data").exists()  # neither trainer nor server opened it

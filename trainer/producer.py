@@ -45,6 +45,19 @@ def read_events(path: Path | str) -> list[InteractionEvent]:
     return sorted(events, key=lambda event: event.timestamp)
 
 
+def check_events_file(path: Path | str) -> None:
+    """Raises OSError (missing, a directory, unreadable) or ValueError (a CSV/TSV header
+    without user and item columns, not UTF-8) when ``path`` cannot be read as events, before a
+    process is started to stream it. Reads only the first line."""
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8-sig") as file:
+        header = file.readline()
+    if path.suffix.lower() in (".jsonl", ".ndjson"):
+        return  # each line stands alone: a bad one is skipped with a warning, as when read
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else _sniff_delimiter(header)
+    _map_columns(next(csv.reader([header], delimiter=delimiter), []), path)
+
+
 def _read_jsonl(path: Path) -> list[InteractionEvent]:
     events, bad = [], []
     with open(path, "rb") as file:
