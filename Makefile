@@ -7,7 +7,7 @@ UP_ARGS ?=
 # Reinstalls only when pyproject.toml changes; torch then comes from pip's cache.
 INSTALL_STAMP := $(VENV)/.ccd-install-stamp
 
-.PHONY: install up test services lint format
+.PHONY: install up test services lint format sample
 
 install: $(INSTALL_STAMP)
 
@@ -19,6 +19,11 @@ $(INSTALL_STAMP): pyproject.toml
 # The embedded default: trainer and server on one machine, nothing else needed.
 up: install
 	$(VENV)/bin/ccd up $(UP_ARGS)
+
+# Regenerates examples/synthetic-interactions.csv (the README's `--data` example) from the
+# project's synthetic generator.
+sample: install
+	$(VENV)/bin/python scripts/make_sample.py
 
 # The whole suite against a real Kafka broker and redis-server started (and stopped) for it.
 test: install
