@@ -352,6 +352,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     if problem:  # before anything starts: no server and trainer running on without data
         print(f"ccd up: {problem}", file=sys.stderr)
         return 2
+    problem = _claim_data_dir(settings.data_dir, args, settings.seed)
+    if problem:  # a directory made from another source: mixing them would spoil the model
+        print(f"ccd up: {problem}", file=sys.stderr)
+        return 2
     source = {
         "data": str(args.data.resolve()) if args.data else None,
         "rate": args.rate,
@@ -380,6 +384,17 @@ def cmd_up(args: argparse.Namespace) -> int:
     finally:
         _stop_children(children, stopping)
     return 0
+
+
+def _claim_data_dir(data_dir: Path, args: argparse.Namespace, seed: int) -> str | None:
+    """Records this run's source in ``data_dir``; the line refusing it if another's is there."""
+    from ccd import sources
+
+    if args.data:
+        source = sources.file_source(args.data)
+    else:
+        source = sources.synthetic_source(args.users, args.items, seed)
+    return sources.claim(data_dir, source)
 
 
 def _interrupt_on_stop_signals() -> None:

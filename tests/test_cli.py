@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -225,3 +226,52 @@ def test_up_with_a_missing_file_starts_nothing(tmp_path: Path) -> None:
     result = _ccd([*command, "--port", str(_free_port())])
     _assert_one_line_error(result, f"ccd up: {missing}: No such file")
     assert not (tmp_path / "data").exists()  # neither trainer nor server opened it
+
+
+def _up_until_serving(tmp_path: Path, args: list[str]) -> None:
+    """A real `ccd up ARGS` until its server listens, then Ctrl-C; asserts a clean exit."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("CCD_")}
+    env.update(CCD_LEARNER="bpr", CCD_TORCH_THREADS="1", PYTHONUNBUFFERED="1")
+    command = [sys.executable, "-m", "ccd", "up", "--port", str(_free_port()), *args]
+    log_path = tmp_path / "up.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while "Uvicorn running" not in log_path.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=30) == 0, log_path.read_text()[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_up_refuses_a_data_dir_made_from_another_source(tmp_path: Path) -> None:
+    """A file streamed into a synthetic run's directory (or another synthetic seed) was learned
+    on top of that run's model; now `ccd up` refuses it, naming both sources and the way out."""
+    data_dir = tmp_path / "data"
+    synthetic = ["--data-dir", str(data_dir), "--users", "20", "--items", "10", "--rate", "5"]
+    _up_until_serving(tmp_path, synthetic)
+    recorded = json.loads((data_dir / "source.json").read_text())
+    assert recorded == {"kind": "synthetic", "users": 20, "items": 10, "seed": 0}
+    events = tmp_path / "events.csv"
+    events.write_text("user,item,timestamp\nu1,i1,1\n")
+    for other in (["--data", str(events)], ["--seed", "1"], ["--users", "21"]):
+        result = _ccd(["up", *synthetic, *other, "--port", str(_free_port())])
+        _assert_one_line_error(result, "synthetic events (users 20, items 10, seed 0)", "rm -r")
+    assert json.loads((data_dir / "source.json").read_text()) == recorded
+    _up_until_serving(tmp_path, [*synthetic, "--rate", "7"])  # the same source resumes
+
+
+def test_up_refuses_a_data_dir_of_an_unrecorded_source(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "events.sqlite").write_bytes(b"")  # e.g. from before sources were recorded
+    result = _ccd(["up", "--data-dir", str(data_dir), "--port", str(_free_port())])
+    _assert_one_line_error(result, "unrecorded source", "rm -r")
+    assert not (data_dir / "source.json").exists()
