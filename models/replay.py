@@ -214,7 +214,32 @@ def sample_replay(
     """
     if n_samples <= 0 or users.numel() == 0:
         return ReplaySet.empty()
-    parts = []
+    candidates = replay_candidates(source, reference, users, n_abs, eps, source_filters, chunk)
+    return draw_replay(candidates, n_samples, generator)
+
+
+@dataclass
+class ReplayCandidates:
+    """What a replay draw of one source needs, per chunk of users: ``users`` (B,), X's top
+    ``items`` (B, m) in X's order, their ``labels`` sigmoid(X score) (B, m) and the sampling
+    ``log_weights`` eps (rank_W - rank_X) (B, m). Only the draw itself is random: while X and W
+    stay fixed (Stage 2 against the starting student) every re-draw reuses these."""
+
+    chunks: list[tuple[Tensor, Tensor, Tensor, Tensor]]
+
+
+def replay_candidates(
+    source: Scorer,
+    reference: Scorer,
+    users: Tensor,
+    n_abs: int,
+    eps: float,
+    source_filters: Sequence[CSR | None] = (),
+    chunk: int = 512,
+) -> ReplayCandidates:
+    """The deterministic part of ``sample_replay`` (arguments as there): the costly part, a
+    rank of X's candidates among all of W's items per user."""
+    chunks = []
     chunk = capped_chunk(chunk, getattr(reference, "n_items", None))
     with torch.no_grad():
         for start in range(0, users.numel(), chunk):
@@ -227,15 +252,21 @@ def sample_replay(
             ref_rank = column_ranks(reference(batch), candidates)  # rank_W among all I_W
             own_rank = torch.arange(candidates.shape[1]).unsqueeze(0)  # rank_X of the t-th top
             log_w = eps * (ref_rank - own_rank).double()
-            pick, valid = sample_without_replacement(log_w, n_samples, generator)
-            rows = batch.unsqueeze(1).expand_as(pick)[valid]
-            parts.append(
-                ReplaySet(
-                    rows,
-                    candidates.gather(1, pick)[valid],
-                    torch.sigmoid(top_scores.gather(1, pick)[valid]),
-                )
-            )
+            chunks.append((batch, candidates, torch.sigmoid(top_scores), log_w))
+    return ReplayCandidates(chunks)
+
+
+def draw_replay(
+    candidates: ReplayCandidates, n_samples: int, generator: torch.Generator | None = None
+) -> ReplaySet:
+    """``n_samples`` items per user drawn from ``candidates`` (without replacement)."""
+    if n_samples <= 0:
+        return ReplaySet.empty()
+    parts = []
+    for users, items, labels, log_w in candidates.chunks:
+        pick, valid = sample_without_replacement(log_w, n_samples, generator)
+        rows = users.unsqueeze(1).expand_as(pick)[valid]
+        parts.append(ReplaySet(rows, items.gather(1, pick)[valid], labels.gather(1, pick)[valid]))
     return pool_max(parts)
 
 

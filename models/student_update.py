@@ -23,11 +23,13 @@ from models.losses import annealed_weight, replay_bce_loss
 from models.members import Member
 from models.metrics import member_scorer
 from models.replay import (
+    ReplayCandidates,
     ReplaySet,
     concat_lists,
+    draw_replay,
     pool_max,
     replay_batches,
-    sample_replay,
+    replay_candidates,
     top_items_padded,
 )
 from models.sampling import forbidden_keys, sample_negatives
@@ -138,26 +140,34 @@ def update_student(
         user_item_lists(prev_train, student.n_users),
         user_item_lists(block.train, student.n_users),
     ]
-    sources = [(stability, cfg.student_s_samples), (plasticity, cfg.student_p_samples)]
+    sources = [
+        (p, n)
+        for p, n in ((stability, cfg.student_s_samples), (plasticity, cfg.student_p_samples))
+        if p is not None and n > 0
+    ]
     reference = {"scorer": member_scorer(start)}
+    cached: list[ReplayCandidates] = []  # valid while the reference is the fixed start
 
-    def draw() -> ReplaySet:
-        parts = [
-            sample_replay(
+    def candidates() -> list[ReplayCandidates]:
+        fresh = [
+            replay_candidates(
                 member_scorer(proxy),
                 reference["scorer"],
                 torch.arange(proxy.n_users),
-                n,
                 cfg.student_replay_abs,
                 cfg.replay_eps,
                 filters,
-                gen,
                 cfg.chunk,
             )
-            for proxy, n in sources
-            if proxy is not None and n > 0
+            for proxy, _ in sources
         ]
-        return pool_max(parts)
+        if cfg.student_replay_reference == "distilled":
+            cached[:] = fresh
+        return fresh
+
+    def draw() -> ReplaySet:
+        pools = cached or candidates()
+        return pool_max([draw_replay(c, n, gen) for c, (_, n) in zip(pools, sources, strict=True)])
 
     replay = {"set": draw()}
     forbidden = forbidden_keys(

@@ -17,6 +17,8 @@ from models.replay import (
     pool_max,
     rank_matrix,
     replay_batches,
+    draw_replay,
+    replay_candidates,
     sample_replay,
     sample_without_replacement,
 )
@@ -97,6 +99,26 @@ def test_sample_replay_several_per_user_without_repeats() -> None:
     assert (out.items < 5).all()
     pairs = out.users * 10 + out.items
     assert pairs.unique().numel() == 150
+
+
+def test_redraws_from_cached_candidates_equal_fresh_samples() -> None:
+    """Stage 2 computes the candidates once and re-draws from them: the same sets as
+    ``sample_replay`` from the same generator state, draw after draw."""
+    g = torch.Generator().manual_seed(0)
+    x_table, w_table = torch.randn(70, 40, generator=g), torch.randn(70, 40, generator=g)
+    source = lambda users: x_table[users]  # noqa: E731
+    reference = lambda users: w_table[users]  # noqa: E731
+    filters = [user_item_lists(Interactions(torch.arange(70), torch.arange(70) % 40), 70)]
+    users = torch.arange(70)
+    cached = replay_candidates(source, reference, users, 10, 0.5, filters, chunk=16)
+    assert len(cached.chunks) == 5  # chunks of 16 users
+    fresh_gen, cached_gen = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    for _ in range(3):
+        fresh = sample_replay(source, reference, users, 3, 10, 0.5, filters, fresh_gen, 16)
+        again = draw_replay(cached, 3, cached_gen)
+        assert len(fresh) == 210
+        for name in ("users", "items", "labels"):
+            assert torch.equal(getattr(fresh, name), getattr(again, name))
 
 
 def test_pool_max_and_batches() -> None:
