@@ -123,6 +123,13 @@ def test_server_listens_where_its_port_and_health_check_point(services: dict[str
     check = healthcheck_command(services["server"])
     url = urlsplit(check[-1])
     assert (url.hostname, url.port) == ("127.0.0.1", args.port)
+    # Alive, not ready: no model before the base block fills is not a reason to restart.
+    assert url.path == "/health/live"
+
+
+def test_the_base_block_is_one_a_first_test_can_fill(services: dict[str, Any]) -> None:
+    default = services["trainer"]["environment"]["CCD_BASE_BLOCK_SIZE"]
+    assert default == "${CCD_BASE_BLOCK_SIZE:-2000}"
 
 
 def test_every_ccd_variable_is_a_valid_settings_field(services: dict[str, Any]) -> None:
@@ -186,7 +193,7 @@ def test_server_health_check_is_a_get_route_of_the_app(
         pytest.skip(f"service.app not importable yet: {error}")
     path = urlsplit(healthcheck_command(services["server"])[-1]).path
     app = create_app(Settings(data_dir=data_dir))  # routes only; the lifespan is not entered
-    assert path == "/health/ready"
+    assert path == "/health/live"
     assert "get" in app.openapi()["paths"][path]
 
 
