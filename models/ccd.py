@@ -30,7 +30,7 @@ from torch import Tensor
 from models.api import BlockData, BlockReport, Embeddings, Interactions
 from models.data import user_item_lists
 from models.kd import KDResult, distill
-from models.members import Member, build_member
+from models.members import IALS, Member, build_member
 from models.metrics import SizedScorer, member_scorer, merge_interactions
 from models.proxies import update_proxy
 from models.replay import concat_lists, top_items_padded
@@ -613,7 +613,10 @@ class CCDLearner:
             ],
         )
         started = time.perf_counter()
-        old = OldStructure.build(self.teacher_window, n_users, window.n_items, cfg)
+        # The old rating matrix and UU / II graphs feed LWC-KD; closed-form members need none.
+        old = None
+        if any(not isinstance(m, IALS) for m in self.teachers):
+            old = OldStructure.build(self.teacher_window, n_users, window.n_items, cfg)
         ctx = TeacherContext(
             TeacherWindow.of(window), old, self.teacher_window, sources, exclusion, self.history
         )
