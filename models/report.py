@@ -46,9 +46,12 @@ PAPER_HMEAN_GAIN: dict[str, dict[str, tuple[float, ...]]] = {
 
 METHOD_NOTES = {
     "ccd": "CCD: teacher = CCD-updated ensemble T_k, student = continually updated CL_k",
-    "ft": "student D_0 fine-tuned with plain BPR per block; teacher = the teacher_ft teacher",
-    "teacher_ft": "teacher members fine-tuned with plain BPR per block, student re-distilled "
-    "from them every block (no collaboration)",
+    "ft": "student D_0 fine-tuned with plain BPR per block; teacher = the teacher_ft teacher "
+    "(members fine-tuned per block: plain BPR; iALS members: ALS sweeps on the block only, "
+    "warm-started from their factors)",
+    "teacher_ft": "teacher members fine-tuned per block (plain BPR; iALS members: ALS sweeps on "
+    "the block, warm-started from their factors), student re-distilled from them every block "
+    "(no collaboration)",
     "frozen": "T_0 and the one-time-distilled D_0, never updated",
     "als": "iALS (the implicit library) retrained from scratch on all train data so far after "
     "every block: teacher = at the teacher's size, student = at the student's size; "
@@ -327,8 +330,8 @@ def markdown_report(results: RunResults, summary: Mapping[str, Any], plots: Sequ
         "",
         *[f"- `{m}`: {METHOD_NOTES.get(m, '')}" for m in results.methods],
         "",
-        "All methods share the same base training on D0 (teachers, ensemble T_0, distilled "
-        "student D_0), so their D0 figures are identical.",
+        "All methods but `als` share the same base training on D0 (teachers, ensemble T_0, "
+        "distilled student D_0), so their D0 figures are identical; `als` fits its own.",
         "",
         "## Parameter counts (at the last evaluated block)",
         "",
