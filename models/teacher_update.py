@@ -7,6 +7,8 @@ BPR / LightGCN members: entity init, then per batch
 DEC cluster loss on the centres), then a replay pass over samples of S, P and CL_k drawn against
 the member's own live ranking, weighted 0.5 exp(-e / 5). Mult-VAE members: VAE loss + 1.0 x KL to
 the before outputs on the old items, replay as pseudo-labels max(R, 0.1) in the input matrix.
+iALS members (closed form): a refit on every train pair so far, student-side replay pairs at
+confidence ``ials_replay_weight`` x label (off in the best variant).
 
 Old entities are the previous teacher window's users (any split) and train items, as the code's
 ``b_train_dict`` keys and ``item_list``; the old rating matrix and the UU / II cosine graphs live
