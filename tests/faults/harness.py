@@ -32,6 +32,7 @@ from kafka import KafkaAdminClient
 
 from contracts.events import InteractionEvent
 from contracts.model_store import ModelStore
+from contracts.settings import Settings
 from trainer.blocks import DIGEST_MODULUS, dedup_hash
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,6 +55,27 @@ TRAINER_SETTINGS = {
     "publish_retry_initial_s": 0.2,
     "publish_retry_max_s": 1,
 }
+
+# What a trainer of these tests takes from the shared services: their addresses and names.
+SERVICE_FIELDS = {
+    "kafka_bootstrap_servers",
+    "kafka_topic",
+    "kafka_dead_letter_topic",
+    "kafka_group_id",
+    "redis_url",
+    "redis_prefix",
+}
+
+
+def trainer_settings_on(service: Settings, data_dir: Path) -> dict[str, Any]:
+    """``TRAINER_SETTINGS`` on the shared Kafka and Redis of ``service``, checkpoints in
+    ``data_dir``."""
+    return {
+        **TRAINER_SETTINGS,
+        **service.model_dump(include=SERVICE_FIELDS),
+        "data_dir": data_dir,
+    }
+
 
 T = TypeVar("T")
 

@@ -23,12 +23,12 @@ from tests.faults.harness import (
     BASE,
     BLOCK,
     CRASHED,
-    TRAINER_SETTINGS,
     TrainerProcess,
     audit,
     blocks_published,
     expected_blocks,
     make_events,
+    trainer_settings_on,
     unique_in_order,
     wait_for,
 )
@@ -142,20 +142,7 @@ def rss_bytes(pid: int) -> int:
 def test_every_kind_of_record_is_parked_once_and_the_trainer_goes_on(
     service_settings: Settings, tmp_path: Path, figures: dict
 ) -> None:
-    settings = {
-        **TRAINER_SETTINGS,
-        **service_settings.model_dump(
-            include={
-                "kafka_bootstrap_servers",
-                "kafka_topic",
-                "kafka_dead_letter_topic",
-                "kafka_group_id",
-                "redis_url",
-                "redis_prefix",
-            }
-        ),
-        "data_dir": tmp_path / "data",
-    }
+    settings = trainer_settings_on(service_settings, tmp_path / "data")
     config = Settings(**settings)
     bootstrap, topic = config.kafka_bootstrap_servers, config.kafka_topic
     assert bootstrap is not None

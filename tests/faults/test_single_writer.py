@@ -40,6 +40,7 @@ from tests.faults.harness import (
     blocks_published,
     expected_blocks,
     make_events,
+    trainer_settings_on,
     unique_in_order,
     wait_for,
 )
@@ -126,20 +127,8 @@ class Pair:
 def test_two_trainers_kill_9_and_takeovers_on_kafka_and_redis(
     service_settings: Settings, tmp_path: Path, figures: dict
 ) -> None:
-    settings = {
-        **TRAINER_SETTINGS,
-        **service_settings.model_dump(
-            include={
-                "kafka_bootstrap_servers",
-                "kafka_topic",
-                "kafka_dead_letter_topic",
-                "kafka_group_id",
-                "redis_url",
-                "redis_prefix",
-            }
-        ),
-        "data_dir": tmp_path / "data",  # shared by both: the checkpoint travels with the lease
-    }
+    # One data_dir shared by both trainers: the checkpoint travels with the lease.
+    settings = trainer_settings_on(service_settings, tmp_path / "data")
     config = Settings(**settings)
     events = make_events(BASE + 9 * BLOCK, "pair")  # blocks 0..9
     rng = random.Random(7)
