@@ -249,9 +249,7 @@ class ALSMethod:
     """iALS retrained from scratch on all train data so far after every block, at the teacher's
     size (role ``teacher``) and at the student's (role ``student``); each size's
     hyper-parameters chosen on D0's validation split. It does not start from the shared base
-    training: its D0 models are its own (``own_base``)."""
-
-    own_base = True
+    training: its D0 models are its own (``OWN_BASE``)."""
 
     def __init__(self, teacher: ALSLearner, student: ALSLearner) -> None:
         self.learners = {"teacher": teacher, "student": student}
@@ -277,14 +275,7 @@ class ALSMethod:
         refs = {}
         for role, learner in self.learners.items():
             assert learner.member is not None
-            member = learner.member
-            member.eval()
-            refs[role] = ModelRef(
-                f"als/{role}",
-                learner.blocks_seen,
-                embedding_scorer(member.export()),
-                count_params([member]),
-            )
+            refs[role] = student_ref(f"als/{role}", learner.blocks_seen, learner.member)
         return refs
 
 

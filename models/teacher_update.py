@@ -459,10 +459,9 @@ def _update_ials(
 
 def _closed_form_result(member: Member, block: BlockData) -> FitResult:
     """A ``FitResult`` for a fit without epochs: one "epoch", scored on the valid split."""
-    member.eval()
     validate = validation_recall(member, block)
     score = validate() if validate is not None else float("-inf")
-    member.eval()
+    member.eval()  # validation leaves the member in training mode
     return FitResult(best_score=score, best_epoch=0, epochs_run=1, stopped_early=False)
 
 
