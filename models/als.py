@@ -119,7 +119,7 @@ class ALSLearner:
             "dim": self.dim,
             "seed": self.seed,
             "params": None if self.params is None else asdict(self.params),
-            "history": {"users": self.history.users, "items": self.history.items},
+            "history": self.history.state_dict(),
             "blocks_seen": self.blocks_seen,
             "member": None if self.member is None else self.member.state_dict(),
         }
@@ -127,7 +127,7 @@ class ALSLearner:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.dim, self.seed = int(state["dim"]), int(state["seed"])
         self.params = None if state["params"] is None else IALSParams(**state["params"])
-        self.history = Interactions(state["history"]["users"], state["history"]["items"])
+        self.history = Interactions.from_state(state["history"])
         self.blocks_seen = int(state["blocks_seen"])
         self.member = None
         if state["member"] is not None:

@@ -31,6 +31,14 @@ class Interactions:
     def empty(cls) -> Interactions:
         return cls(torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long))
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Cloned tensors only, for checkpoints loaded with ``weights_only``."""
+        return {"users": self.users.clone(), "items": self.items.clone()}
+
+    @classmethod
+    def from_state(cls, state: dict[str, torch.Tensor]) -> Interactions:
+        return cls(state["users"], state["items"])
+
 
 @dataclass
 class BlockData:

@@ -359,22 +359,14 @@ def member_from_state(state: dict[str, Any] | None) -> Member | None:
     return member
 
 
-def _inter_state(inter: Interactions) -> dict[str, Tensor]:
-    return {"users": inter.users.clone(), "items": inter.items.clone()}
-
-
-def _inter_from(state: dict[str, Tensor]) -> Interactions:
-    return Interactions(state["users"], state["items"])
-
-
 def block_state(block: BlockData) -> dict[str, Any]:
     return {
         "index": block.index,
         "n_users": block.n_users,
         "n_items": block.n_items,
-        "train": _inter_state(block.train),
-        "valid": _inter_state(block.valid),
-        "test": _inter_state(block.test),
+        "train": block.train.state_dict(),
+        "valid": block.valid.state_dict(),
+        "test": block.test.state_dict(),
     }
 
 
@@ -383,9 +375,9 @@ def block_from_state(state: dict[str, Any]) -> BlockData:
         state["index"],
         state["n_users"],
         state["n_items"],
-        _inter_from(state["train"]),
-        _inter_from(state["valid"]),
-        _inter_from(state["test"]),
+        Interactions.from_state(state["train"]),
+        Interactions.from_state(state["valid"]),
+        Interactions.from_state(state["test"]),
     )
 
 
@@ -678,8 +670,8 @@ class CCDLearner:
             if self.teacher_window is None
             else block_state(self.teacher_window.block),
             "pending": [block_state(b) for b in self.pending],
-            "prev_train": _inter_state(self.prev_train),
-            "history": _inter_state(self.history),
+            "prev_train": self.prev_train.state_dict(),
+            "history": self.history.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -702,7 +694,7 @@ class CCDLearner:
         window = state["teacher_window"]
         self.teacher_window = None if window is None else TeacherWindow.of(block_from_state(window))
         self.pending = [block_from_state(b) for b in state["pending"]]
-        self.prev_train = _inter_from(state["prev_train"])
+        self.prev_train = Interactions.from_state(state["prev_train"])
         # Checkpoints written before the field ran settings that do not read it.
         history = state.get("history")
-        self.history = Interactions.empty() if history is None else _inter_from(history)
+        self.history = Interactions.empty() if history is None else Interactions.from_state(history)

@@ -159,7 +159,7 @@ class TeacherFineTuneLearner:
             "teachers": [member_state(m) for m in self.teachers],
             "member": member_state(self.member),
             "window": None if self.window is None else block_state(self.window),
-            "history": {"users": self.history.users, "items": self.history.items},
+            "history": self.history.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -169,4 +169,4 @@ class TeacherFineTuneLearner:
         self.member = member_from_state(state["member"])
         self.window = None if state["window"] is None else block_from_state(state["window"])
         history = state.get("history")  # absent from checkpoints of settings that do not read it
-        self.history = Interactions.empty() if history is None else Interactions(**history)
+        self.history = Interactions.empty() if history is None else Interactions.from_state(history)
