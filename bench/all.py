@@ -50,7 +50,8 @@ def run_all(argv: list[str]) -> int:
         command = [*extra, "--out", str(args.out)]
         print(f"\n=== ccd bench {name} {' '.join(command)}", flush=True)
         started = time.monotonic()
-        common.invoked_as = shlex.join(["ccd", "bench", name, *command]) + "  # via ccd bench all"
+        shown = [*extra, "--out", common.display_path(args.out)]  # no machine's paths in reports
+        common.invoked_as = shlex.join(["ccd", "bench", name, *shown]) + "  # via ccd bench all"
         try:
             importlib.import_module(f"bench.{name}").main(command)
         except Exception:  # one failing benchmark must not lose the others' results

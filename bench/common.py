@@ -115,6 +115,15 @@ def tool_version(command: Sequence[str]) -> str | None:
 invoked_as: str | None = None
 
 
+def display_path(path: Path) -> str:
+    """``path`` relative to the repository when it lies inside (what a reader of a committed
+    report can follow), else as given."""
+    try:
+        return str(path.resolve().relative_to(REPO_ROOT.resolve()))
+    except ValueError:
+        return str(path)
+
+
 def exact_command() -> str:
     """The command line that ran this benchmark, as a shell would take it."""
     if invoked_as is not None:

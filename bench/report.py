@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import NAMES
-from bench.common import DEFAULT_OUT, DEFAULT_REPORT, fmt, markdown_table
+from bench.common import DEFAULT_OUT, DEFAULT_REPORT, display_path, fmt, markdown_table
 
 INTRO = """\
 # Benchmarks
@@ -98,7 +98,7 @@ def section(name: str, result: dict[str, Any]) -> str:
 
 def render_report(out_dir: Path) -> str:
     results = load_results(out_dir)
-    parts = [INTRO.format(out=_display(out_dir)), "## Headline\n", headline(results)]
+    parts = [INTRO.format(out=display_path(out_dir)), "## Headline\n", headline(results)]
     missing = [name for name in NAMES if name not in results]
     if missing:
         parts.append(f"Not run yet: {', '.join(missing)}.\n")
@@ -107,13 +107,6 @@ def render_report(out_dir: Path) -> str:
         parts += ["## Analysis\n", analysis.read_text().strip() + "\n"]
     parts += [section(name, result) for name, result in results.items()]
     return "\n".join(parts)
-
-
-def _display(path: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(DEFAULT_OUT.parent.parent.resolve()))
-    except ValueError:
-        return str(path)
 
 
 def write_report(out_dir: Path, report: Path) -> Path:

@@ -238,6 +238,12 @@ def test_learners_benchmark_runs_every_learner_on_one_stream(tmp_path: Path) -> 
     assert "ccd (paper)" in report.section("learners", result)
 
 
+def test_recorded_paths_inside_the_repository_are_relative(tmp_path: Path) -> None:
+    # A committed report must not name one machine's folders.
+    assert common.display_path(common.DEFAULT_OUT) == "docs/benchmarks"
+    assert common.display_path(tmp_path) == str(tmp_path)
+
+
 def test_the_report_places_the_analysis_after_the_headline(tmp_path: Path) -> None:
     assert "## Analysis" not in report.render_report(tmp_path)
     (tmp_path / report.ANALYSIS).write_text("Why the ratio is 15x.\n")
