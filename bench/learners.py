@@ -18,7 +18,7 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from bench.common import add_output_args, new_result, print_and_save
+from bench.common import add_output_args, markdown_table, new_result, print_and_save
 from contracts.event_log import SqliteEventLog
 from contracts.model_store import FileModelStore
 from contracts.settings import Settings
@@ -122,8 +122,6 @@ def table_rows(result: dict[str, Any]) -> list[list[Any]]:
 
 
 def render(result: dict[str, Any]) -> str:
-    from bench.common import markdown_table
-
     return markdown_table(HEADERS, table_rows(result))
 
 
