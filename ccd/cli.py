@@ -231,7 +231,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 2
-    return int(handler(args) or 0)
+    from pydantic import ValidationError
+
+    try:
+        return int(handler(args) or 0)
+    except ValidationError as error:  # a configuration mistake: name it, no traceback
+        if error.title != "Settings":
+            raise
+        for problem in error.errors():
+            name = "CCD_" + str(problem["loc"][0]).upper() if problem["loc"] else "a setting"
+            value = str(problem.get("input"))[:80]
+            print(f"ccd: invalid {name}={value!r}: {problem['msg']}", file=sys.stderr)
+        return 2
 
 
 def _overrides(args: argparse.Namespace, *names: str) -> dict[str, Any]:

@@ -43,6 +43,24 @@ def test_no_subcommand_prints_help(capsys: pytest.CaptureFixture) -> None:
     assert "usage: ccd" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command", [["train"], ["serve"]])
+def test_a_bad_setting_is_one_line_naming_the_variable(command: list[str]) -> None:
+    # A real process with the mistake in its environment, as an operator would make it.
+    env = {**os.environ, "CCD_LEARNER_VARIANT": "bogus"}
+    done = subprocess.run(
+        [sys.executable, "-m", "ccd.cli", *command],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "ccd: invalid CCD_LEARNER_VARIANT='bogus': Input should be 'best' or 'paper'"
+    ]
+
+
 def test_replay_dispatches_its_own_options(capsys: pytest.CaptureFixture) -> None:
     try:
         import models.reproduce  # noqa: F401
