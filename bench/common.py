@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from models.report import hardware_info, markdown_lines
+from experiments.report import hardware_info, markdown_lines
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "docs" / "benchmarks"
@@ -54,7 +54,7 @@ _PACKAGES = (
 def machine_info() -> dict[str, Any]:
     """CPU model, cores (all, and those this process may use), memory, kernel, and the load
     average at start: the last says how busy the machine was (numbers are noisy when it is).
-    Read by ``models.report.hardware_info``, as the replay reports do."""
+    Read by ``experiments.report.hardware_info``, as the replay reports do."""
     hardware = hardware_info()
     return {
         "cpu_model": hardware["cpu_model"],

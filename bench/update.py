@@ -139,8 +139,9 @@ def compare_blocks(
     """Feed ``blocks`` to a CCD learner; for each index in ``measured`` time and weigh its update
     and (``retrain``) a from-scratch retrain on every block up to it. With ``full`` (the config
     before epochs were scaled down) also project both to full epochs."""
-    from models.ccd import CCDLearner, bootstrap
-    from models.teacher_update import merge_windows
+    from models.ccd import CCDLearner
+    from models.ccd.learner import bootstrap
+    from models.ccd.stage3_teacher import merge_windows
 
     learner = CCDLearner(config)
     rows = []

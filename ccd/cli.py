@@ -20,6 +20,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from contracts.version import package_version
+
 log = logging.getLogger("ccd")
 
 # `ccd up` defaults, chosen so a first run shows new model versions within a minute on a laptop:
@@ -36,15 +38,6 @@ PARENT_POLL_S = 0.5
 # The signals that stop `ccd up` and all of its children (Ctrl-C, `kill`/`docker stop`/systemd,
 # a closed terminal).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
-
-
-def package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("ccd-recommender")
-    except PackageNotFoundError:  # running from a source tree that was never installed
-        return "0+unknown"
 
 
 # --- settings ---------------------------------------------------------------------------------
@@ -326,13 +319,8 @@ def _events_file_problem(path: Path) -> str | None:
 
 
 def cmd_replay(argv: list[str]) -> int:
-    try:
-        from models.reproduce import main as replay_main
-    except ModuleNotFoundError as error:
-        if error.name not in ("models.reproduce", "models"):
-            raise
-        print("ccd replay: not available yet (models/reproduce.py is missing)", file=sys.stderr)
-        return 2
+    from experiments.protocol import main as replay_main
+
     return int(replay_main(argv) or 0)
 
 

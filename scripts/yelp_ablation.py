@@ -49,7 +49,7 @@ def run_ablation(name: str, sets: list[str], base: Path, out: Path) -> int:
     command = [
         sys.executable,
         "-m",
-        "models.reproduce",
+        "experiments.protocol",
         "--dataset",
         "yelp",
         "--threads",

@@ -14,10 +14,10 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from starlette.responses import JSONResponse
 
-from ccd.cli import package_version
 from contracts.event_log import EventLog, open_event_log
 from contracts.model_store import ModelStore, open_model_store
 from contracts.settings import Settings
+from contracts.version import package_version
 from service.breaker import CircuitBreaker
 from service.head import HeadAsGetMiddleware
 from service.limits import BodySizeLimitMiddleware

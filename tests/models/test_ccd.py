@@ -8,13 +8,11 @@ from dataclasses import replace
 import pytest
 import torch
 
+from experiments.distilled_baselines import FrozenStudentLearner, TeacherFineTuneLearner
 from models.api import BlockData, Interactions
-from models.ccd import CCDConfig, CCDLearner, distill_block, union_pairs
-from models.data import split_block, user_item_lists
-from models.distilled_baselines import FrozenStudentLearner, TeacherFineTuneLearner
-from models.members import build_member
-from models.metrics import embedding_scorer, ranking_metrics
-from models.teacher_update import (
+from models.ccd import CCDConfig, CCDLearner
+from models.ccd.learner import distill_block, union_pairs
+from models.ccd.stage3_teacher import (
     ContinualLoss,
     OldStructure,
     TeacherContext,
@@ -25,6 +23,9 @@ from models.teacher_update import (
     train_base_member,
     update_member,
 )
+from models.data import split_block, user_item_lists
+from models.members import build_member
+from models.metrics import embedding_scorer, ranking_metrics
 from tests.models.test_ensemble import direct_rank_ensemble
 
 

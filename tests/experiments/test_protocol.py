@@ -1,5 +1,5 @@
-"""``ccd replay`` (models/reproduce.py, models/report.py): the protocol end to end on a tiny
-synthetic block file, and the pieces whose answers can be worked out by hand."""
+"""``ccd replay`` (experiments/protocol.py, experiments/report.py): the protocol end to end on a
+tiny synthetic block file, and the pieces whose answers can be worked out by hand."""
 
 from __future__ import annotations
 
@@ -11,11 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.api import BlockData, Interactions
-from models.data import load_block_file, split_block
-from models.metrics import ContinualMatrix, SizedScorer, ranking_metrics
-from models.report import CL_BASELINES, hmean_gains, jsonable, summarize_matrix
-from models.reproduce import (
+from experiments.protocol import (
     METHODS,
     ReplayOptions,
     build_config,
@@ -24,8 +20,13 @@ from models.reproduce import (
     parse_args,
     parse_override,
 )
+from experiments.report import CL_BASELINES, hmean_gains, jsonable, summarize_matrix
+from models.api import BlockData, Interactions
+from models.data import load_block_file, split_block
+from models.metrics import ContinualMatrix, SizedScorer, ranking_metrics
 
 N_CLUSTERS = 4
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "before_layout_move"
 # The "stream" preset made smaller still, so the whole protocol takes seconds.
 TINY = [
     "--set", "base_epochs=6",
@@ -334,3 +335,29 @@ def test_base_from_reuses_another_runs_d0(replay_run, tmp_path, caplog) -> None:
     assert config["ccd_config"]["replay_redraw"] == "evaluation"
     missing = ["--base-from", str(tmp_path / "nowhere")]
     assert main([*args, "--blocks", "1", "--out", str(tmp_path / "x"), *missing]) == 2
+
+
+def test_summary_matches_the_one_written_before_the_layout_move(tmp_path: Path) -> None:
+    """The same fixed-seed replay as tests/fixtures/before_layout_move/replay_summary.json, which
+    commit 046df2e wrote before models/ was split into the method (models/) and this harness
+    (experiments/): moving code must not change a single result."""
+    data = tmp_path / "interactions.tsv"
+    write_blocks(data)
+    out = tmp_path / "results"
+    args = ["--dataset", str(data), "--out", str(out), "--preset", "stream", "--threads", "1"]
+    assert main([*args, *TINY]) == 0
+    before = json.loads((FIXTURES / "replay_summary.json").read_text())
+    after = json.loads((out / "summary.json").read_text())
+    assert_close(after, before)
+
+
+def assert_close(after: object, before: object, path: str = "") -> None:
+    """Equal structure, numbers equal to 1e-6 (another CPU's SIMD paths may round differently)."""
+    if isinstance(before, dict):
+        assert isinstance(after, dict) and after.keys() == before.keys(), path
+        for key in before:
+            assert_close(after[key], before[key], f"{path}/{key}")
+    elif isinstance(before, float):
+        assert after == pytest.approx(before, abs=1e-6), path
+    else:
+        assert after == before, path

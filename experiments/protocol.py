@@ -1,7 +1,7 @@
 """``ccd replay``: the paper's protocol (ccd-method.md §3.1, §4) on a block file, CCD versus the
 baselines, written to a results folder.
 
-    python -m models.reproduce --dataset yelp [--out DIR] [--methods ccd,teacher_ft,ft,frozen,als]
+    ccd replay --dataset yelp [--out DIR] [--methods ccd,teacher_ft,ft,frozen,als]
         [--preset yelp|gowalla|stream] [--epochs-scale F] [--quick] [--set FIELD=VALUE ...]
         [--variant best|paper] [--blocks N] [--seed S] [--threads T] [--resume]
         [--base-from DIR] [--no-checkpoint] [--report-only]
@@ -16,7 +16,7 @@ Base training on D0 runs once (teachers, ensemble T_0, Stage 1 KD of D_0, throug
 
 After each block k every method's teacher and student are evaluated on the test sets of
 blocks 0..k (R[k][j]) and on block k's new users, and the whole results folder is rewritten
-(``models.report``), so an interrupted run keeps what it did; ``--resume`` continues from the
+(``experiments.report``), so an interrupted run keeps what it did; ``--resume`` continues from the
 last finished block's checkpoint (``<out>/state/``).
 """
 
@@ -40,22 +40,22 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from models.als import ALSLearner
-from models.api import BlockData, BlockReport
-from models.baselines import FineTuneLearner
-from models.ccd import CCDConfig, CCDLearner
-from models.data import load_block_file, resolve_dataset
-from models.distilled_baselines import TeacherFineTuneLearner
-from models.members import Member
-from models.metrics import SizedScorer, embedding_scorer, ranking_metrics
-from models.report import (
+from experiments.distilled_baselines import TeacherFineTuneLearner
+from experiments.report import (
     RunResults,
     hardware_info,
     jsonable,
     recorded_peak_gib,
     write_results,
 )
-from models.teacher_update import ensemble_scorer
+from models.als import ALSLearner
+from models.api import BlockData, BlockReport
+from models.baselines import FineTuneLearner
+from models.ccd import CCDConfig, CCDLearner
+from models.ccd.stage3_teacher import ensemble_scorer
+from models.data import load_block_file, resolve_dataset
+from models.members import Member
+from models.metrics import SizedScorer, embedding_scorer, ranking_metrics
 
 log = logging.getLogger("ccd.replay")
 
@@ -769,7 +769,7 @@ def _continual_block(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``ccd replay`` / ``python -m models.reproduce``; returns the exit code."""
+    """Entry point of ``ccd replay`` / ``python -m experiments.protocol``; returns the exit code."""
     options = parse_args(sys.argv[1:] if argv is None else argv)
     if not resolve_dataset(options.dataset).exists():
         print(f"ccd replay: no block file at {resolve_dataset(options.dataset)}", file=sys.stderr)

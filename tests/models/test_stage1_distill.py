@@ -10,8 +10,7 @@ import torch
 
 from models.api import BlockData, Embeddings, Interactions
 from models.ccd import CCDConfig
-from models.data import split_block, user_item_lists
-from models.kd import (
+from models.ccd.stage1_distill import (
     blocked_pairs,
     distill,
     gathered_scores,
@@ -21,6 +20,7 @@ from models.kd import (
     teacher_lists,
     top_keys_mask,
 )
+from models.data import split_block, user_item_lists
 from models.members import build_member
 from models.metrics import embedding_scorer, ranking_metrics
 

@@ -21,13 +21,13 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from models.api import BlockData, Interactions
+from models.ccd.config import CCDConfig
 from models.data import CSR, user_item_lists
 from models.entity_init import grow_member
 from models.losses import (
@@ -41,9 +41,6 @@ from models.metrics import member_scorer, ranking_metrics
 from models.replay import capped_chunk, concat_lists, fill_rows_
 from models.sampling import forbidden_keys, sample_negatives
 from models.training import FitResult, adam, fit
-
-if TYPE_CHECKING:
-    from models.ccd import CCDConfig
 
 Scorer = Callable[[Tensor], Tensor]
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from models.api import BlockData, Interactions
+from models.ccd.config import CCDConfig
+from models.ccd.stage1_distill import validation_recall
 from models.data import user_item_lists
 from models.entity_init import grow_member
-from models.kd import validation_recall
 from models.losses import annealed_weight, replay_bce_loss
 from models.members import Member
 from models.metrics import member_scorer
@@ -34,9 +34,6 @@ from models.replay import (
 )
 from models.sampling import forbidden_keys, sample_negatives
 from models.training import FitResult, adam, fit
-
-if TYPE_CHECKING:
-    from models.ccd import CCDConfig
 
 
 @dataclass

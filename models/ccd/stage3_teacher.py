@@ -21,18 +21,19 @@ draw.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.api import BlockData, Interactions
+from models.ccd.config import CCDConfig
+from models.ccd.stage1_distill import validation_recall
+from models.ccd.stage2_student import bpr_and_replay_epoch
 from models.data import CSR, dense_rows, gather_rows, user_item_lists
 from models.ensemble import rank_ensemble_scorer
 from models.entity_init import grow_member
 from models.graph import to_csr
-from models.kd import validation_recall
 from models.losses import (
     ImitationWeightNet,
     annealed_weight,
@@ -45,11 +46,7 @@ from models.members import IALS, IALSParams, Member, MultVAE
 from models.metrics import SizedScorer, merge_interactions
 from models.replay import ReplaySet, capped_chunk, pool_max, sample_replay
 from models.sampling import forbidden_keys, sample_negatives
-from models.student_update import bpr_and_replay_epoch
 from models.training import FitResult, adam, fit
-
-if TYPE_CHECKING:
-    from models.ccd import CCDConfig
 
 
 # -- scorers and the ensemble -------------------------------------------------------------------

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 
 from models.api import BlockData, BlockReport, Embeddings, Interactions
-from models.ccd import (
-    CCDConfig,
+from models.ccd import CCDConfig
+from models.ccd.learner import (
     best_score,
     block_from_state,
     block_state,
@@ -28,10 +28,10 @@ from models.ccd import (
     member_state,
     union_pairs,
 )
-from models.kd import distill
+from models.ccd.stage1_distill import distill
+from models.ccd.stage3_teacher import TeacherContext, TeacherWindow, ensemble_scorer, update_member
 from models.members import Member
 from models.metrics import SizedScorer
-from models.teacher_update import TeacherContext, TeacherWindow, ensemble_scorer, update_member
 
 
 class FrozenStudentLearner:
