@@ -16,7 +16,8 @@ between 4 and 5). Re-delivered copies of applied events are dropped by their ``d
 The checkpoint comes first because a model that is published but not checkpointed could only be
 re-learned (applying the block twice to the state that follows); a checkpoint not yet published
 is just a publish to finish. Only the holder of the writer lease (``trainer.lease``) runs this;
-the publish is fenced by it. Guarantees and their tests: /work/notes/guarantees.md.
+the publish is fenced by it. The README's "Guarantees" section lists the guarantees;
+tests/faults/ tests them.
 """
 
 from __future__ import annotations

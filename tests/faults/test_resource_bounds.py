@@ -3,7 +3,7 @@
 What grows with the stream, per new user / item: the id maps, the learner's tables (teachers and
 student for "ccd", one table for "bpr") and the item counts; per distinct (user, item) pair: the
 seen pairs (8 bytes). Bounded whatever the stream: the dedup window (``dedup_window`` keys)
-and the open block (``max_block_events`` events). The figures go to /work/notes/guarantees.md.
+and the open block (``max_block_events`` events). The README's "Guarantees" section states them.
 """
 
 from __future__ import annotations
