@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 MAX_ID_LENGTH = 256
 # Events dated further than this in the future are refused (clock skew allowance).
 MAX_FUTURE_SKEW_S = 24 * 3600
+# What a recommendation_id may hold (the server issues 12 URL-safe base64 characters).
+RECOMMENDATION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 
 class InteractionEvent(BaseModel):
@@ -35,6 +37,12 @@ class InteractionEvent(BaseModel):
     event_id: str | None = Field(None, min_length=1, max_length=MAX_ID_LENGTH)
     type: str | None = Field(None, max_length=64)
     weight: float | None = None
+    recommendation_id: str | None = Field(
+        None,
+        pattern=RECOMMENDATION_ID_PATTERN,
+        description="The recommendation_id of the answer that showed the item, when the event "
+        "follows one (outcome attribution); 1-64 characters of A-Z a-z 0-9 _ -",
+    )
 
     @field_validator("timestamp", "weight", mode="before")
     @classmethod

@@ -108,6 +108,29 @@ class Settings(BaseSettings):
         description="Key POST /events requires in header X-API-Key; unset or empty = writes "
         "need no key (set it in production)",
     )
+    record_impressions: bool = Field(
+        True,
+        description="Record what each recommendation answer showed (its recommendation_id, "
+        "user, items, version, arm) for outcome attribution",
+    )
+    impressions_max: int = Field(
+        100_000,
+        ge=1,
+        description="Impressions kept: MAXLEN of the Redis stream, rows of the embedded table "
+        "and entries of the server's in-memory attribution index",
+    )
+    attribution_window_s: float = Field(
+        1800.0,
+        gt=0,
+        description="An event for (user, item) this many seconds after an impression that "
+        "showed the item counts as a hit for that impression's version and arm",
+    )
+    online_window_s: float = Field(
+        3600.0,
+        gt=0,
+        description="Sliding window of GET /stats/online and the dashboard's online metrics "
+        "(impressions made this long ago at most)",
+    )
 
     @property
     def uses_kafka(self) -> bool:

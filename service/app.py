@@ -18,12 +18,23 @@ from contracts.event_log import EventLog, open_event_log
 from contracts.model_store import ModelStore, open_model_store
 from contracts.settings import Settings
 from contracts.version import package_version
+from service.attribution import Attribution
 from service.breaker import CircuitBreaker
 from service.head import HeadAsGetMiddleware
+from service.impressions import ImpressionRecorder, open_impression_store
 from service.limits import BodySizeLimitMiddleware
 from service.metrics import RequestMetricsMiddleware, ServiceMetrics
 from service.model_holder import ModelHolder
-from service.routers import admin, events, health, items, metrics, model, recommendations
+from service.routers import (
+    admin,
+    events,
+    health,
+    items,
+    metrics,
+    model,
+    recommendations,
+    stats,
+)
 from service.seen import SeenItems, SeenTailer, source_for
 from service.state import ServiceState
 
@@ -74,6 +85,14 @@ async def _validation_error(request: Request, error: Exception) -> JSONResponse:
     return JSONResponse({"detail": jsonable_encoder(capped_errors(error.errors()))}, 422)
 
 
+def _impression_recorder(
+    settings: Settings, metrics: ServiceMetrics, attribution: Attribution
+) -> ImpressionRecorder:
+    """The recorder of this app: its store opened only when impressions are recorded."""
+    store = open_impression_store(settings) if settings.record_impressions else None
+    return ImpressionRecorder(store, metrics, settings.impressions_max, on_batch=attribution.add)
+
+
 def create_app(
     settings: Settings,
     store: ModelStore | None = None,
@@ -94,22 +113,40 @@ def create_app(
         model_store = open_model_store(settings) if owned_store else store
         log_writer = open_event_log(settings) if owned_log else event_log
         seen = SeenItems()
+        attribution = Attribution(
+            service_metrics,
+            settings.attribution_window_s,
+            settings.online_window_s,
+            settings.impressions_max,
+        )
+        recorder = _impression_recorder(settings, service_metrics, attribution)
+
+        def observe(events: list[tuple[str, str, str | None]]) -> None:
+            recorder.flush()  # impressions of the last moments first
+            attribution.observe(events)
+
         state = ServiceState(
             settings=settings,
             holder=ModelHolder(model_store, service_metrics, settings.reload_poll_s),
             seen=seen,
-            tailer=SeenTailer(source_for(settings), seen, service_metrics),
+            tailer=SeenTailer(source_for(settings), seen, service_metrics, observe=observe),
             event_log=log_writer,
             event_breaker=CircuitBreaker(EVENT_LOG_COOLDOWN_S),
             store=model_store,
             metrics=service_metrics,
+            impressions=recorder,
+            attribution=attribution,
         )
         app.state.service = state
         state.tailer.start()
         state.holder.start()
+        state.impressions.start()
         try:
             yield
         finally:
+            state.impressions.stop()
+            if state.impressions.store is not None:
+                state.impressions.store.close()
             state.holder.stop()
             state.tailer.stop()
             if owned_log:
@@ -141,4 +178,5 @@ def create_app(
     app.include_router(health.build_router())
     app.include_router(metrics.build_router())
     app.include_router(admin.build_router(settings))
+    app.include_router(stats.build_router())
     return app

@@ -79,6 +79,41 @@ class ServiceMetrics:
             "ccd_seen_pairs", "Distinct (user, item) pairs in the seen-items index", registry=r
         )
 
+        self.impressions = Counter(
+            "ccd_impressions", "Recommendation answers recorded as impressions", registry=r
+        )
+        self.impressions_dropped = Counter(
+            "ccd_impressions_dropped",
+            "Impressions not recorded because the buffer was full (the store stalled)",
+            registry=r,
+        )
+        self.impressions_store_failures = Counter(
+            "ccd_impressions_store_failures",
+            "Impressions the impression store failed to keep (attribution still sees them)",
+            registry=r,
+        )
+        self.impressions_indexed = Gauge(
+            "ccd_impressions_indexed", "Impressions held for attribution", registry=r
+        )
+        self.impression_hits = Counter(
+            "ccd_impression_hits",
+            "Impressions followed by at least one attributed event",
+            ["arm"],
+            registry=r,
+        )
+        self.attributed_events = Counter(
+            "ccd_attributed_events",
+            "Events attributed to an impression (a new (impression, item) pair), by how matched",
+            ["arm", "match"],
+            registry=r,
+        )
+        self.online_hit_rate = Gauge(
+            "ccd_online_hit_rate",
+            "Share of the online window's impressions with a hit, per model version and arm",
+            ["version", "arm"],
+            registry=r,
+        )
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 

@@ -26,6 +26,9 @@ class Recommendations(BaseModel):
     strategy: Literal["personalized", "popular"] = Field(
         description="'personalized' for users the model knows, 'popular' for the fallback"
     )
+    recommendation_id: str = Field(
+        description="Identifies this answer; send it back as an event's recommendation_id"
+    )
 
 
 class BatchRecommendationRequest(BaseModel):
@@ -46,6 +49,9 @@ class SimilarItems(BaseModel):
     item_id: str
     items: list[ScoredItem] = Field(description="Nearest items by cosine similarity, best first")
     model_version: int
+    recommendation_id: str = Field(
+        description="Identifies this answer; send it back as an event's recommendation_id"
+    )
 
 
 class EventsAccepted(BaseModel):

@@ -200,6 +200,19 @@ def source_for(settings: Settings) -> Callable[[], EventSource]:
 def parse_pair(raw: bytes) -> tuple[str, str] | None:
     """(user_id, item_id) of one wire message, or None if it is not a readable event. Lighter
     than full validation: the tailer must keep up with the whole stream."""
+    fields = parse_fields(raw)
+    return None if fields is None else fields[:2]
+
+
+def parse_fields(raw: bytes) -> tuple[str, str, str | None] | None:
+    """(user_id, item_id, recommendation_id or None) of one wire message, or None.
+
+    Examples:
+        >>> parse_fields(b'{"user_id": "u1", "item_id": "i2", "recommendation_id": "r9"}')
+        ('u1', 'i2', 'r9')
+        >>> parse_fields(b'{"user_id": "u1"}') is None
+        True
+    """
     try:
         event = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -208,12 +221,15 @@ def parse_pair(raw: bytes) -> tuple[str, str] | None:
         return None
     user, item = event.get("user_id"), event.get("item_id")
     if isinstance(user, str) and isinstance(item, str) and user and item:
-        return user, item
+        rid = event.get("recommendation_id")
+        return user, item, rid if isinstance(rid, str) and rid else None
     return None
 
 
 class SeenTailer:
-    """Background thread feeding ``SeenItems`` from an ``EventSource``."""
+    """Background thread feeding ``SeenItems`` from an ``EventSource``; ``observe`` (outcome
+    attribution, ``service.attribution``) gets every batch of readable events as
+    (user_id, item_id, recommendation_id or None)."""
 
     def __init__(
         self,
@@ -222,8 +238,10 @@ class SeenTailer:
         metrics: ServiceMetrics,
         batch_size: int = 5000,
         timeout_s: float = 0.5,
+        observe: Callable[[list[tuple[str, str, str | None]]], object] | None = None,
     ) -> None:
         self._open_source = open_source
+        self._observe = observe
         self._seen = seen
         self._metrics = metrics
         self._batch_size = batch_size
@@ -257,8 +275,14 @@ class SeenTailer:
     def _consume(self, values: list[bytes]) -> None:
         if not values:
             return
-        pairs = [pair for raw in values if (pair := parse_pair(raw)) is not None]
+        events = [fields for raw in values if (fields := parse_fields(raw)) is not None]
+        pairs = [(user, item) for user, item, _ in events]
         self._seen.add(pairs)
+        if self._observe is not None and events:
+            try:
+                self._observe(events)
+            except Exception:  # attribution must never make the tailer re-read the log
+                log.exception("outcome attribution failed on %d events", len(events))
         self._metrics.seen_events.inc(len(pairs))
         if len(pairs) < len(values):
             self._metrics.seen_malformed.inc(len(values) - len(pairs))

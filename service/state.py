@@ -1,5 +1,5 @@
 """What the request handlers share: the model holder and its store, the seen-items index, the
-event log behind its circuit breaker."""
+event log behind its circuit breaker, the impression recorder and the attribution index."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from contracts.event_log import EventLog
 from contracts.model_store import ModelStore
 from contracts.settings import Settings
 from contracts.throttle import WarningThrottle
+from service.attribution import Attribution
 from service.breaker import CircuitBreaker
+from service.impressions import ImpressionRecorder
 from service.metrics import ServiceMetrics
 from service.model_holder import ModelHolder
 from service.ranking import ServingModel
@@ -31,6 +33,8 @@ class ServiceState:
     event_breaker: CircuitBreaker
     store: ModelStore
     metrics: ServiceMetrics
+    impressions: ImpressionRecorder
+    attribution: Attribution
     # Log lines about events with unknown fields (updated from several request threads without
     # a lock: a race can only shift which line is logged, never lose an event or a count).
     unknown_field_warnings: WarningThrottle = field(default_factory=WarningThrottle)

@@ -41,6 +41,9 @@ def build_router(settings: Settings) -> APIRouter:
             ScoredItem(item_id=item, score=score)
             for item, score in zip(ranked.item_ids, ranked.scores, strict=True)
         ]
-        return SimilarItems(item_id=item_id, items=items, model_version=model.version)
+        rid = state.impressions.record(None, ranked.item_ids, model.version)
+        return SimilarItems(
+            item_id=item_id, items=items, model_version=model.version, recommendation_id=rid
+        )
 
     return router

@@ -13,7 +13,9 @@ def build_router() -> APIRouter:
 
     @router.get("/metrics", response_class=Response)
     def metrics(state: State) -> Response:
-        """Request counts and latency, model version and reloads, events accepted, seen index."""
+        """Request counts and latency, model version and reloads, events accepted, seen index,
+        impressions and their online hit rate."""
+        state.attribution.stats()  # refreshes the ccd_online_hit_rate gauges
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return router

@@ -35,13 +35,19 @@ def _default_k(max_k: int) -> int:
     return min(20, max_k)
 
 
-def _response(user_id: str, ranked: Ranked, version: int) -> Recommendations:
+def _response(
+    user_id: str, ranked: Ranked, version: int, recommendation_id: str
+) -> Recommendations:
     items = [
         ScoredItem(item_id=item, score=score)
         for item, score in zip(ranked.item_ids, ranked.scores, strict=True)
     ]
     return Recommendations(
-        user_id=user_id, items=items, model_version=version, strategy=ranked.strategy
+        user_id=user_id,
+        items=items,
+        model_version=version,
+        strategy=ranked.strategy,
+        recommendation_id=recommendation_id,
     )
 
 
@@ -61,7 +67,9 @@ def _rank(
     return model.version, ranked
 
 
-def _one_user_response(user_id: str, version: int, ranked: Ranked) -> Response:
+def _one_user_response(
+    user_id: str, version: int, ranked: Ranked, recommendation_id: str
+) -> Response:
     """The answer of ``GET /recommendations/{user_id}``, JSON built directly from the ranked
     lists (response-model validation costs more than the ranking)."""
     body = {
@@ -72,6 +80,7 @@ def _one_user_response(user_id: str, version: int, ranked: Ranked) -> Response:
         ],
         "model_version": version,
         "strategy": ranked.strategy,
+        "recommendation_id": recommendation_id,
     }
     return Response(orjson.dumps(body), media_type="application/json")
 
@@ -101,15 +110,18 @@ def build_router(settings: Settings) -> APIRouter:
         # Ranking one user takes well under a millisecond, less than a thread-pool handoff, so
         # it runs inline on the event loop.
         version, (ranked,) = _rank(state, [user_id], k, [exclude_seen])
-        return _one_user_response(user_id, version, ranked)
+        rid = state.impressions.record(user_id, ranked.item_ids, version)
+        return _one_user_response(user_id, version, ranked, rid)
 
     @router.post("/recommendations", responses=_NO_MODEL)
     def recommend_batch(state: State, request: batch_request) -> BatchRecommendations:  # type: ignore[valid-type]
         """Recommendations for several users, all from the same model version."""
         user_ids = request.user_ids
         version, ranked = _rank(state, user_ids, request.k, [request.exclude_seen] * len(user_ids))
+        record = state.impressions.record
         responses = [
-            _response(user, result, version) for user, result in zip(user_ids, ranked, strict=True)
+            _response(user, result, version, record(user, result.item_ids, version))
+            for user, result in zip(user_ids, ranked, strict=True)
         ]
         return BatchRecommendations(model_version=version, results=responses)
 
@@ -155,7 +167,8 @@ class OneUserFastLane:
         scope["route"] = self.route
         user_id, k, exclude_seen = request
         version, ranked = await self.batcher.rank(state, user_id, k, exclude_seen)
-        await _one_user_response(user_id, version, ranked)(scope, receive, send)
+        rid = state.impressions.record(user_id, ranked.item_ids, version)
+        await _one_user_response(user_id, version, ranked, rid)(scope, receive, send)
 
     def _plain_request(self, scope: Scope) -> tuple[str, int, bool] | None:
         """(user_id, k, exclude_seen) of a request that needs no validation error, else None."""
