@@ -132,6 +132,20 @@ class Settings(BaseSettings):
         "(impressions made this long ago at most)",
     )
 
+    # --- item catalogue and request filters -------------------------------------------------
+    catalogue_poll_s: float = Field(
+        0.2, gt=0, description="How often a server reads catalogue writes made by other servers"
+    )
+    max_items_per_request: int = Field(10_000, ge=1, description="Largest PUT /items batch")
+    max_filter_ids: int = Field(
+        10_000, ge=1, description="Most item ids one request may name in exclude or in include"
+    )
+    new_item_half_life_s: float = Field(
+        604_800.0,
+        gt=0,
+        description="new_item_boost halves for every this many seconds since an item was added",
+    )
+
     @property
     def uses_kafka(self) -> bool:
         return bool(self.kafka_bootstrap_servers)

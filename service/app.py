@@ -14,12 +14,14 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from starlette.responses import JSONResponse
 
+from contracts.catalogue import open_catalogue
 from contracts.event_log import EventLog, open_event_log
 from contracts.model_store import ModelStore, open_model_store
 from contracts.settings import Settings
 from contracts.version import package_version
 from service.attribution import Attribution
 from service.breaker import CircuitBreaker
+from service.catalogue import CatalogueView
 from service.head import HeadAsGetMiddleware
 from service.impressions import ImpressionRecorder, open_impression_store
 from service.limits import BodySizeLimitMiddleware
@@ -35,6 +37,7 @@ from service.routers import (
     recommendations,
     stats,
 )
+from service.routers.catalogue import items_body_limit
 from service.seen import SeenItems, SeenTailer, source_for
 from service.state import ServiceState
 
@@ -119,6 +122,10 @@ def create_app(
             settings.online_window_s,
             settings.impressions_max,
         )
+        holder = ModelHolder(model_store, service_metrics, settings.reload_poll_s)
+        catalogue = CatalogueView(
+            open_catalogue(settings), settings.catalogue_poll_s, lambda: holder.model
+        )
         recorder = _impression_recorder(settings, service_metrics, attribution)
 
         def observe(events: list[tuple[str, str, str | None]]) -> None:
@@ -127,19 +134,21 @@ def create_app(
 
         state = ServiceState(
             settings=settings,
-            holder=ModelHolder(model_store, service_metrics, settings.reload_poll_s),
+            holder=holder,
             seen=seen,
             tailer=SeenTailer(source_for(settings), seen, service_metrics, observe=observe),
             event_log=log_writer,
             event_breaker=CircuitBreaker(EVENT_LOG_COOLDOWN_S),
             store=model_store,
             metrics=service_metrics,
+            catalogue=catalogue,
             impressions=recorder,
             attribution=attribution,
         )
         app.state.service = state
         state.tailer.start()
         state.holder.start()
+        state.catalogue.start()
         state.impressions.start()
         try:
             yield
@@ -147,6 +156,8 @@ def create_app(
             state.impressions.stop()
             if state.impressions.store is not None:
                 state.impressions.store.close()
+            state.catalogue.stop()
+            state.catalogue.store.close()
             state.holder.stop()
             state.tailer.stop()
             if owned_log:
@@ -167,7 +178,11 @@ def create_app(
             recommendations.OneUserFastLane, router=recommendation_routes, max_k=settings.max_k
         )
     app.add_middleware(
-        BodySizeLimitMiddleware, limits={"/events": events.events_body_limit(settings)}
+        BodySizeLimitMiddleware,
+        limits={
+            "/events": events.events_body_limit(settings),
+            "/items": items_body_limit(settings),
+        },
     )
     app.add_middleware(RequestMetricsMiddleware, metrics=service_metrics)
     app.add_middleware(HeadAsGetMiddleware)  # outermost: every route and the lane see a GET

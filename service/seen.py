@@ -61,6 +61,10 @@ class SeenItems:
             items = self._by_user.get(user_id)
             return frozenset(items) if items else frozenset()
 
+    def knows_item(self, item_id: str) -> bool:
+        """Whether some event named this item."""
+        return item_id in self._interned
+
     @property
     def n_users(self) -> int:
         return len(self._by_user)

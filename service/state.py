@@ -14,6 +14,7 @@ from contracts.settings import Settings
 from contracts.throttle import WarningThrottle
 from service.attribution import Attribution
 from service.breaker import CircuitBreaker
+from service.catalogue import CatalogueView
 from service.impressions import ImpressionRecorder
 from service.metrics import ServiceMetrics
 from service.model_holder import ModelHolder
@@ -33,6 +34,7 @@ class ServiceState:
     event_breaker: CircuitBreaker
     store: ModelStore
     metrics: ServiceMetrics
+    catalogue: CatalogueView
     impressions: ImpressionRecorder
     attribution: Attribution
     # Log lines about events with unknown fields (updated from several request threads without

@@ -9,13 +9,15 @@ from typing import Annotated
 from urllib.parse import parse_qsl
 
 import orjson
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Depends, Path, Query, Response
 from pydantic import Field, create_model
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from contracts.events import MAX_ID_LENGTH
 from contracts.settings import Settings
+from service.catalogue import NO_FILTER, ItemFilter
+from service.filters import FilterFields, build_filter_query, rank_options
 from service.ranking import Ranked
 from service.schemas import (
     BatchRecommendationRequest,
@@ -52,16 +54,23 @@ def _response(
 
 
 def _rank(
-    state: ServiceState, user_ids: Sequence[str], k: int, exclude_seen: Sequence[bool]
+    state: ServiceState,
+    user_ids: Sequence[str],
+    k: int,
+    exclude_seen: Sequence[bool],
+    item_filter: ItemFilter = NO_FILTER,
+    where: str = "query",
 ) -> tuple[int, list[Ranked]]:
-    """Top-k of each user from one model version (that user's seen items left out where asked),
-    counted per strategy in the metrics; returns (version, ranked lists)."""
+    """Top-k of each user from one model version (that user's seen items left out where asked,
+    and every item ``item_filter`` or the catalogue rules out), counted per strategy in the
+    metrics; returns (version, ranked lists)."""
     model = state.require_model()
+    options = rank_options(state, model, item_filter, where)
     excludes = [
         state.seen.items_of(user) if exclude else ()
         for user, exclude in zip(user_ids, exclude_seen, strict=True)
     ]
-    ranked = model.recommend_many(user_ids, k, excludes)
+    ranked = model.recommend_many(user_ids, k, excludes, options)
     for result in ranked:
         state.metrics.recommendations.labels(result.strategy).inc()
     return model.version, ranked
@@ -90,9 +99,10 @@ def build_router(settings: Settings) -> APIRouter:
     default_k = _default_k(settings.max_k)
     k_query = Query(ge=1, le=settings.max_k, description=f"Items to return, 1..{settings.max_k}")
     # The batch body, with k bounded by this deployment's max_k.
+    filter_query = build_filter_query(settings)
     batch_request = create_model(
         "BatchRecommendationRequest",
-        __base__=BatchRecommendationRequest,
+        __base__=(BatchRecommendationRequest, FilterFields),
         k=(int, Field(default_k, ge=1, le=settings.max_k, description="Items per user")),
     )
 
@@ -104,12 +114,14 @@ def build_router(settings: Settings) -> APIRouter:
         exclude_seen: Annotated[
             bool, Query(description="Leave out items the user already interacted with")
         ] = True,
+        item_filter: Annotated[ItemFilter, Depends(filter_query)] = NO_FILTER,
     ) -> Response:
         """Exact top-k over the whole catalogue for a user the model knows
-        (`strategy: personalized`); the most popular items for anyone else (`popular`)."""
+        (`strategy: personalized`); the most popular items for anyone else (`popular`).
+        Filters restrict it to the eligible items (still exactly k when k are eligible)."""
         # Ranking one user takes well under a millisecond, less than a thread-pool handoff, so
         # it runs inline on the event loop.
-        version, (ranked,) = _rank(state, [user_id], k, [exclude_seen])
+        version, (ranked,) = _rank(state, [user_id], k, [exclude_seen], item_filter)
         rid = state.impressions.record(user_id, ranked.item_ids, version)
         return _one_user_response(user_id, version, ranked, rid)
 
@@ -117,7 +129,9 @@ def build_router(settings: Settings) -> APIRouter:
     def recommend_batch(state: State, request: batch_request) -> BatchRecommendations:  # type: ignore[valid-type]
         """Recommendations for several users, all from the same model version."""
         user_ids = request.user_ids
-        version, ranked = _rank(state, user_ids, request.k, [request.exclude_seen] * len(user_ids))
+        seen = [request.exclude_seen] * len(user_ids)
+        item_filter = request.item_filter(settings)
+        version, ranked = _rank(state, user_ids, request.k, seen, item_filter, "body")
         record = state.impressions.record
         responses = [
             _response(user, result, version, record(user, result.item_ids, version))
