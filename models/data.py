@@ -126,7 +126,13 @@ def split_block(
 
 
 def user_item_lists(inter: Interactions, n_users: int) -> CSR:
-    """CSR ``(indptr (n_users+1,), indices (nnz,))`` of the distinct items per user."""
+    """CSR ``(indptr (n_users+1,), indices (nnz,))`` of the distinct items per user.
+
+    Examples:
+        >>> pairs = Interactions(torch.tensor([0, 0, 2, 0]), torch.tensor([3, 1, 1, 3]))
+        >>> user_item_lists(pairs, 3)  # user 0: items 1, 3; user 1: none; user 2: item 1
+        (tensor([0, 2, 2, 3]), tensor([1, 3, 1]))
+    """
     users, items = inter.users.long(), inter.items.long()
     if len(inter) and int(users.max()) >= n_users:
         raise ValueError(f"user id {int(users.max())} >= n_users {n_users}")

@@ -347,7 +347,12 @@ def replay_bce_loss(logits: Tensor, labels: Tensor) -> Tensor:
 
 
 def annealed_weight(base: float, epoch: int, temperature: float) -> float:
-    """lambda_e = base * exp(-epoch / temperature) (replay weight; 0-based epoch)."""
+    """lambda_e = base * exp(-epoch / temperature) (replay weight; 0-based epoch).
+
+    Examples:
+        >>> annealed_weight(0.5, 0, 10.0), annealed_weight(0.5, 10, 10.0)  # 0.5 / e
+        (0.5, 0.1839...)
+    """
     return base * math.exp(-epoch / temperature)
 
 

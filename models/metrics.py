@@ -166,6 +166,13 @@ def la_ra_hmean(
     Follows the first author's ``continual_evaluate``: with ``include_d0`` the base block counts
     in both averages, LA_k = mean_{t=0..k} R[t][t] and RA_k = mean_{j=0..k-1} R[k][j]; without,
     t and j start at 1. An empty average (k=0, or k=1 without D0) is NaN, and so is H then.
+
+    Examples:
+        >>> R = [[0.4, 0.0], [0.2, 0.3]]  # R[1][0] = 0.2: block 0's metric after block 1
+        >>> la_ra_hmean(R, 1, include_d0=True)  # LA = (0.4 + 0.3) / 2, RA = 0.2
+        (0.35, 0.2, 0.2545...)
+        >>> la_ra_hmean(R, 1, include_d0=False)
+        (0.3, nan, nan)
     """
     first = 0 if include_d0 else 1
     la_terms = [R[t][t] for t in range(first, k + 1)]

@@ -22,6 +22,12 @@ def ema_rows(old: Tensor, new: Tensor, weight_old: float) -> Tensor:
 
     Args:
         old: (n_old, d) previous proxy rows; new: (n, d) distilled rows, n >= n_old.
+
+    Examples:
+        >>> ema_rows(torch.tensor([[0.0], [1.0]]), torch.tensor([[1.0], [1.0], [4.0]]), 0.9)
+        tensor([[0.1000],
+                [1.0000],
+                [4.0000]])
     """
     n_old = old.shape[0]
     if n_old > new.shape[0]:

@@ -117,6 +117,10 @@ def descending_order(scores: Tensor) -> Tensor:
 
     Returns:
         (B, N) int64.
+
+    Examples:
+        >>> descending_order(torch.tensor([[0.1, 0.9, 0.1, 0.5]]))  # the tie: id 0 before 2
+        tensor([[1, 3, 0, 2]])
     """
     n = scores.shape[1]
     shift = max(n - 1, 1).bit_length()
@@ -158,7 +162,12 @@ def column_ranks(scores: Tensor, columns: Tensor) -> Tensor:
 
 
 def rank_matrix(scores: Tensor) -> Tensor:
-    """0-based rank of each entry in its row's descending order (ties by column id), (B, I)."""
+    """0-based rank of each entry in its row's descending order (ties by column id), (B, I).
+
+    Examples:
+        >>> rank_matrix(torch.tensor([[0.1, 0.9, 0.1, 0.5]]))
+        tensor([[2, 0, 3, 1]])
+    """
     order = descending_order(scores)
     ranks = torch.empty_like(order)
     positions = torch.arange(scores.shape[1]).expand_as(order)

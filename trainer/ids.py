@@ -8,7 +8,15 @@ import orjson
 
 
 class IdMap:
-    """Assigns indices 0, 1, 2, ... to ids in order of first appearance; never reuses one."""
+    """Assigns indices 0, 1, 2, ... to ids in order of first appearance; never reuses one.
+
+    Examples:
+        >>> ids = IdMap(["u7", "u3"])
+        >>> ids.add("u3"), ids.add("u9"), ids.get("nobody")
+        (1, 2, None)
+        >>> IdMap.from_json(ids.to_json()).ids
+        ['u7', 'u3', 'u9']
+    """
 
     def __init__(self, ids: Iterable[str] = ()) -> None:
         self._ids: list[str] = []

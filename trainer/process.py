@@ -626,13 +626,23 @@ def parse_record(record: LogRecord) -> tuple[InteractionEvent, list[str]]:
 
 
 def pair_keys(users: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """(user, item) index pairs (n,) each as one int64 key ``user << 32 | item`` (n,)."""
+    """(user, item) index pairs (n,) each as one int64 key ``user << 32 | item`` (n,).
+
+    Examples:
+        >>> pair_keys(np.array([0, 1]), np.array([5, 2])).tolist()  # 1 << 32 | 2 = 4294967298
+        [5, 4294967298]
+    """
     return users.astype(np.int64) << _PAIR_SHIFT | items.astype(np.int64)
 
 
 def contains_sorted(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     """(len(keys),) bool: which ``keys`` are in ``sorted_keys``, by binary search (no sort of
-    the ever-growing seen pairs per block)."""
+    the ever-growing seen pairs per block).
+
+    Examples:
+        >>> contains_sorted(np.array([2, 5, 9]), np.array([5, 6, 9]))
+        array([ True, False,  True])
+    """
     if len(sorted_keys) == 0:
         return np.zeros(len(keys), dtype=bool)
     positions = np.searchsorted(sorted_keys, keys)
@@ -640,14 +650,26 @@ def contains_sorted(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
 
 
 def insert_sorted(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """Sorted unique ``sorted_keys`` with the sorted unique ``keys`` merged in: one copy."""
+    """Sorted unique ``sorted_keys`` with the sorted unique ``keys`` merged in: one copy.
+
+    Examples:
+        >>> insert_sorted(np.array([2, 5, 9]), np.array([1, 5, 7]))
+        array([1, 2, 5, 7, 9])
+    """
     new = keys[~contains_sorted(sorted_keys, keys)]
     return np.insert(sorted_keys, np.searchsorted(sorted_keys, new), new)
 
 
 def rows_of_users(pairs: np.ndarray, users: np.ndarray) -> np.ndarray:
     """The pair keys of ``users`` (sorted, unique) in sorted ``pairs`` (user << 32 | item):
-    one contiguous run per user, found by binary search, without a pass over all pairs."""
+    one contiguous run per user, found by binary search, without a pass over all pairs.
+
+    Examples:
+        >>> pairs = pair_keys(np.array([0, 1, 1]), np.array([5, 2, 7]))  # sorted keys
+        >>> keys = rows_of_users(pairs, np.array([1]))
+        >>> (keys >> 32).tolist(), (keys & 0xFFFFFFFF).tolist()  # user 1's two pairs
+        ([1, 1], [2, 7])
+    """
     starts = np.searchsorted(pairs, users << _PAIR_SHIFT)
     lengths = np.searchsorted(pairs, (users + 1) << _PAIR_SHIFT) - starts
     run_offsets = np.cumsum(lengths) - lengths  # where each run starts in the output

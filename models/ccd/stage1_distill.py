@@ -188,7 +188,13 @@ def sample_uninteresting_mask(
 def top_keys_mask(keys: Tensor, width: int) -> Tensor:
     """(B, N) bool of each row's ``width`` largest non-negative keys: the set of
     ``torch.topk(keys, width)`` without its -1 entries (ties at the cut broken like topk),
-    found with a linear-time partition."""
+    found with a linear-time partition.
+
+    Examples:
+        >>> top_keys_mask(torch.tensor([[3, -1, 7, 5], [-1, -1, 2, -1]]), 2)
+        tensor([[False, False,  True,  True],
+                [False, False,  True, False]])
+    """
     n_cols = keys.shape[1]
     if width <= 0:
         return torch.zeros_like(keys, dtype=torch.bool)
