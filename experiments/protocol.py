@@ -5,6 +5,7 @@ baselines, written to a results folder.
         [--preset yelp|gowalla|stream] [--epochs-scale F] [--quick] [--set FIELD=VALUE ...]
         [--variant best|paper] [--blocks N] [--seed S] [--threads T] [--resume]
         [--base-from DIR] [--no-checkpoint] [--report-only]
+    ccd replay --list-settings          # every --set FIELD: type, default, meaning
 
 Base training on D0 runs once (teachers, ensemble T_0, Stage 1 KD of D_0, through
 ``CCDLearner``'s block 0); every method starts from a copy of that state and learns D1..D_K:
@@ -52,6 +53,7 @@ from models.als import ALSLearner
 from models.api import BlockData, BlockReport
 from models.baselines import FineTuneLearner
 from models.ccd import CCDConfig, CCDLearner
+from models.ccd.config import setting_rows
 from models.ccd.stage3_teacher import ensemble_scorer
 from models.data import load_block_file, resolve_dataset
 from models.members import Member
@@ -410,6 +412,26 @@ def parse_override(text: str) -> tuple[str, Any]:
     return name, value
 
 
+def settings_text() -> str:
+    """``ccd replay --list-settings``: every ``CCDConfig`` field with its type, default and
+    meaning, two lines each."""
+    lines = ["CCDConfig fields for --set FIELD=VALUE (a preset or --variant best changes some):"]
+    for name, kind, default, meaning in setting_rows():
+        lines += [f"  {name} ({kind}, default {default})", f"      {meaning}"]
+    return "\n".join(lines)
+
+
+class ListSettings(argparse.Action):
+    """``--list-settings``: print ``settings_text()`` and exit, like ``--help``."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(settings_text())
+        parser.exit()
+
+
 def build_config(options: ReplayOptions) -> CCDConfig:
     """The preset, then ``--quick``, ``--epochs-scale`` and the ``--set`` overrides, in order."""
     cfg = CCDConfig.preset(options.preset, options.variant, seed=options.seed)
@@ -467,7 +489,13 @@ def parse_args(argv: Sequence[str]) -> ReplayOptions:
         type=parse_override,
         default=[],
         metavar="FIELD=VALUE",
-        help="override a CCDConfig field (repeatable), e.g. --set kd_uninteresting_items=5000",
+        help="override a CCDConfig field (repeatable), e.g. --set kd_uninteresting_items=5000; "
+        "--list-settings lists the fields",
+    )
+    parser.add_argument(
+        "--list-settings",
+        action=ListSettings,
+        help="list every CCDConfig field (type, default, meaning) and exit",
     )
     parser.add_argument("--blocks", type=int, help="run only the first N blocks (D0..D_{N-1})")
     parser.add_argument("--threads", type=int, help="torch intra-op threads")

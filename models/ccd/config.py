@@ -35,120 +35,186 @@ _RUN_SH_FIELDS = (
 )
 
 
+def setting(default: Any, meaning: str) -> Any:
+    """A ``CCDConfig`` field: its default and one-line meaning (``metadata["help"]``)."""
+    return field(default=default, metadata={"help": meaning})
+
+
 @dataclass
 class CCDConfig:
     """Every CCD hyper-parameter (ccd-method.md §2-§3, §8). Field groups:
 
     teacher ensemble / base training (§2.1), student (§2.2), shared training (§3.2), Stage 1 KD
-    (§3.3), Stage 2 student update (§3.4), Stage 3 teacher update (§3.5), schedule.
+    (§3.3), Stage 2 student update (§3.4), Stage 3 teacher update (§3.5), schedule. Each field's
+    one-line meaning is its ``metadata["help"]`` (``setting_rows``, ``ccd replay --list-settings``).
     """
 
-    # -- teacher ensemble (§2.1) -----------------------------------------------------------------
-    teacher_kinds: tuple[str, ...] = ("lightgcn",) * 5
-    teacher_seeds: tuple[int, ...] = ()  # empty = 0..n-1
-    teacher_dim: int = 128
-    teacher_layers: int = 2
-    vae_item_capacity: int | None = None  # Mult-VAE members are built with the final item count
-    vae_uniform_noise: bool = True  # §8.15: the code's U[0,1) reparameterisation noise
-    ensemble_power: float = 0.05
-    base_epochs: int = 100
-    base_lr: float = 1e-3
-    base_batch: int = 512
-    base_n_neg: int = 2
-    base_eval_every: int = 1
-    base_patience: int = 10
-    ials_regularization: float = 0.05  # iALS members: closed-form fit (models/members/ials.py)
-    ials_alpha: float = 2.0
-    ials_iterations: int = 15
-    ials_replay_weight: float = 0.0  # confidence weight of student-side replay pairs in the refit
-    # "block": LightGCN members propagate over the trained window only (the code, §8.11);
-    # "all": over every train pair so far (inactive users / items keep their neighbourhoods).
-    teacher_graph: Literal["block", "all"] = "block"
-    # -- student (§2.2) --------------------------------------------------------------------------
-    student_kind: str = "lightgcn"
-    student_dim: int = 8
-    student_layers: int = 2
-    student_seed: int = 1
-    # -- shared (§3.2) ---------------------------------------------------------------------------
-    weight_decay: float = 1e-4
-    eval_every: int = 5  # §8.7: replicated (with 10 epochs only epochs 0 and 5 are selectable)
-    patience: int = 2
-    exclusion_k: int = 40
-    seed: int = 0
-    chunk: int = 1024
-    # -- Stage 1: KD (§3.3) ----------------------------------------------------------------------
-    kd_epochs: int = 10
-    kd_lr: float = 5e-3
-    kd_batch: int = 1024
-    kd_n_neg: int = 1
-    kd_rrd_weight: float = 0.01
-    kd_ir_weight: float = 0.01
-    kd_interesting: int = 40
-    kd_uninteresting_items: int = 10_000  # Gowalla 30,000 (hours per epoch on 2 CPU cores)
-    kd_uninteresting_users: int = 11_500  # Gowalla 19,500
-    kd_resample_every: int = 10
-    kd_bpr_clamp: bool = True  # sigmoid clamped to [1e-4, 0.9999] before the log
-    kd_rrd_on_ego: bool = True  # RRD / IR-RRD on the layer-0 tables (the code, for LightGCN)
-    kd_nan_topk_quirk: bool = False  # §8.1: True = HEAD's "own train items first"
-    kd_eval_every: int | None = None  # validation cadence of Stage 1 (None = eval_every)
-    kd_patience: int | None = (
-        None  # evaluations without improvement before stopping (None = patience)
+    # --- teacher ensemble (§2.1) ---------------------------------------------------------------
+    teacher_kinds: tuple[str, ...] = setting(
+        ("lightgcn",) * 5, "kind of each teacher member (mf, lightgcn, vae, ials), one per member"
     )
-    # "window": the student is distilled on the data the teacher last trained on (the code);
-    # "all": on every train pair so far, so inactive users stay covered.
-    distill_data: Literal["window", "all"] = "window"
-    # "fresh": every re-distillation starts from a random student (the method); "previous":
-    # from the previous distilled student, grown by the entity initialisation (fewer epochs).
-    distill_init: Literal["fresh", "previous"] = "fresh"
-    # -- Stage 2: student update (§3.4) ----------------------------------------------------------
-    student_epochs: int = 10
-    student_lr: float = 1e-3
-    student_batch: int = 2048
-    student_n_neg: int = 1
-    stability_weight: float = 0.9  # lambda_s (large: slow proxy)
-    plasticity_weight: float = 0.1  # lambda_p (small: fast proxy; the code's default says 0.9)
-    use_plasticity: bool = True
-    student_replay_abs: int = 100  # N_abs
-    student_s_samples: int = 5
-    student_p_samples: int = 5
-    student_replay_anneal: float = 10.0  # a_T
-    student_replay_reference: Literal["distilled", "live"] = "distilled"  # §8.2
-    replay_eps: float = 1e-4
-    # "evaluation": replay re-drawn after each validation but the first (the code, §9.4);
-    # "epoch": re-drawn every epoch after the first, so a kept model saw several draws.
-    replay_redraw: Literal["evaluation", "epoch"] = "evaluation"
-    replay_weight: float = 0.5
-    entity_init: Literal["two_hop", "one_hop", "random"] = "two_hop"
-    init_k: int = 20
-    init_fill_quirk: bool = False  # §8.10: True = the code's off-by-one when |N2| == k_init
-    # -- Stage 3: teacher update (§3.5) ----------------------------------------------------------
-    teacher_epochs: int = 10
-    teacher_lr: float = 1e-3
-    teacher_batch: int = 2048
-    teacher_n_neg: int = 1
-    lwc_weight: float = 0.01
-    # "code": LWC-KD / cluster terms are means while BPR is a sum over the batch, so their
-    # gradient is ~1e-4 of BPR's (§9.3); "batch": they are scaled by the batch size, so the
-    # weights are relative to one BPR pair, as the paper's loss reads.
-    lwc_scale: Literal["code", "batch"] = "code"
-    lwc_tau: float = 5.0
-    cluster_weight: float = 1.0
-    n_clusters: int = 10
-    piw: bool = True
-    piw_per_user: bool = True  # §8.8: False = the code's broadcasting no-op
-    lwc_position_index_quirk: bool = False  # §8.9: LightGCN "before" rows by list position
-    graph_degree: float = 10.0
-    graph_tolerance: float = 0.6
-    teacher_replay_abs: int = 100
-    teacher_s_samples: int = 5
-    teacher_p_samples: int = 5
-    teacher_cl_samples: int = 5
-    teacher_replay_anneal: float = 5.0  # the code reuses the PIW temperature T = 5
-    vae_kl_weight: float = 1.0
-    vae_replay_value: float = 0.1
-    # -- schedule --------------------------------------------------------------------------------
-    teacher_every: int = 1  # teacher update + re-distillation every n-th block (1 = the paper)
-    block_overrides: dict[int, dict[str, Any]] = field(default_factory=dict)  # per block index
+    teacher_seeds: tuple[int, ...] = setting((), "seed of each teacher member (empty = 0..n-1)")
+    teacher_dim: int = setting(128, "embedding size of every teacher member (Yelp 128, Gowalla 64)")
+    teacher_layers: int = setting(2, "propagation layers of LightGCN teacher members")
+    vae_item_capacity: int | None = setting(
+        None, "item count Mult-VAE members are built with: the final one (None = the first block's)"
+    )
+    vae_uniform_noise: bool = setting(
+        True, "§8.15: Mult-VAE reparameterisation noise U[0,1) as in the code (False: Gaussian)"
+    )
+    ensemble_power: float = setting(
+        0.05, "p of the rank ensemble: mean over members of (1 / (rank + 1)) ** p"
+    )
+    base_epochs: int = setting(100, "epoch limit of the teachers' base training on D_0")
+    base_lr: float = setting(1e-3, "Adam learning rate of the teachers' base training")
+    base_batch: int = setting(512, "BPR batch size of the teachers' base training")
+    base_n_neg: int = setting(2, "negatives per positive in the teachers' base training")
+    base_eval_every: int = setting(1, "validate every n epochs in the teachers' base training")
+    base_patience: int = setting(10, "validations without improvement before base training stops")
+    ials_regularization: float = setting(
+        0.05, "L2 regularisation of iALS members' closed-form fit (models/members/ials.py)"
+    )
+    ials_alpha: float = setting(
+        2.0, "iALS confidence scale: an observed pair counts alpha * weight"
+    )
+    ials_iterations: int = setting(15, "alternating least-squares sweeps per iALS fit")
+    ials_replay_weight: float = setting(
+        0.0, "confidence weight of student-side replay pairs in an iALS refit (0 = no replay)"
+    )
+    teacher_graph: Literal["block", "all"] = setting(
+        "block", "LightGCN members propagate over the trained window (block, §8.11) or all pairs"
+    )
+    # --- student (§2.2) ------------------------------------------------------------------------
+    student_kind: str = setting("lightgcn", "member kind of the student (mf or lightgcn)")
+    student_dim: int = setting(8, "embedding size of the student (Yelp 8, Gowalla 16)")
+    student_layers: int = setting(2, "propagation layers of a LightGCN student")
+    student_seed: int = setting(1, "seed offset of the distilled student (the code's LightGCN_1)")
+    # --- shared (§3.2) -------------------------------------------------------------------------
+    weight_decay: float = setting(1e-4, "Adam weight decay (L2) in every stage")
+    eval_every: int = setting(
+        5, "validate every n epochs in Stages 1-3 (§8.7: 5 as the code; epochs 0, 5, ...)"
+    )
+    patience: int = setting(2, "validations without improvement before a stage stops")
+    exclusion_k: int = setting(
+        40, "top-k items of each past-knowledge model kept out of negative sampling (§3.2)"
+    )
+    seed: int = setting(0, "base seed of every random draw of the learner")
+    chunk: int = setting(1024, "users scored at a time for top-k lists and graphs (memory only)")
+    # --- Stage 1: KD (§3.3) --------------------------------------------------------------------
+    kd_epochs: int = setting(10, "epoch limit of Stage 1 (distillation of the student)")
+    kd_lr: float = setting(5e-3, "Adam learning rate of Stage 1")
+    kd_batch: int = setting(1024, "BPR batch size of Stage 1, and items per IR-RRD batch")
+    kd_n_neg: int = setting(1, "negatives per positive in Stage 1's BPR")
+    kd_rrd_weight: float = setting(0.01, "weight of the user-side relaxed ranking loss (RRD)")
+    kd_ir_weight: float = setting(0.01, "weight of the item-side relaxed ranking loss (IR-RRD)")
+    kd_interesting: int = setting(
+        40, "interesting items per user (and users per item): the teacher's top"
+    )
+    kd_uninteresting_items: int = setting(
+        10_000, "uninteresting items sampled per user (nui; Gowalla 30,000, hours on 2 cores)"
+    )
+    kd_uninteresting_users: int = setting(
+        11_500, "uninteresting users sampled per item (nuu; Gowalla 19,500)"
+    )
+    kd_resample_every: int = setting(10, "re-sample the uninteresting sets every n epochs")
+    kd_bpr_clamp: bool = setting(
+        True, "clamp Stage 1's BPR sigmoid to [1e-4, 0.9999] before the log (the code)"
+    )
+    kd_rrd_on_ego: bool = setting(
+        True, "RRD / IR-RRD on a LightGCN student's layer-0 tables (the code), not propagated"
+    )
+    kd_nan_topk_quirk: bool = setting(
+        False, "§8.1: True = HEAD's interesting lists, the user's own train items first"
+    )
+    kd_eval_every: int | None = setting(None, "validation cadence of Stage 1 (None = eval_every)")
+    kd_patience: int | None = setting(
+        None, "Stage 1's validations without improvement before it stops (None = patience)"
+    )
+    distill_data: Literal["window", "all"] = setting(
+        "window", "distil on the teacher's last window (the code) or on all train pairs so far"
+    )
+    distill_init: Literal["fresh", "previous"] = setting(
+        "fresh", "re-distil from a random student (the method) or the previous, grown (faster)"
+    )
+    # --- Stage 2: student update (§3.4) --------------------------------------------------------
+    student_epochs: int = setting(10, "epoch limit of Stage 2 (the continual student update)")
+    student_lr: float = setting(1e-3, "Adam learning rate of Stage 2")
+    student_batch: int = setting(2048, "BPR and replay batch size of Stage 2")
+    student_n_neg: int = setting(1, "negatives per positive in Stage 2's BPR")
+    stability_weight: float = setting(
+        0.9, "lambda_s: EMA weight of the old stability proxy (large: a slow proxy)"
+    )
+    plasticity_weight: float = setting(
+        0.1, "lambda_p: EMA weight of the old plasticity proxy (small: fast; the code says 0.9)"
+    )
+    use_plasticity: bool = setting(True, "use the plasticity proxy P from block 2 on")
+    student_replay_abs: int = setting(
+        100, "N_abs: Stage 2 replays only items in a proxy's top N_abs"
+    )
+    student_s_samples: int = setting(5, "Stage 2 replay items per old user from the proxy S")
+    student_p_samples: int = setting(5, "Stage 2 replay items per old user from the proxy P")
+    student_replay_anneal: float = setting(
+        10.0, "a_T: Stage 2's replay weight is replay_weight * exp(-epoch / a_T)"
+    )
+    student_replay_reference: Literal["distilled", "live"] = setting(
+        "distilled", "§8.2: Stage 2 replay ranks against D_{k-1} (the code) or the live student"
+    )
+    replay_eps: float = setting(
+        1e-4, "eps of the replay sampler: p ~ exp(eps * (reference rank - proxy rank))"
+    )
+    replay_redraw: Literal["evaluation", "epoch"] = setting(
+        "evaluation", "re-draw replay after each validation but the first (the code) or each epoch"
+    )
+    replay_weight: float = setting(0.5, "base weight of the replay BCE loss in Stages 2 and 3")
+    entity_init: Literal["two_hop", "one_hop", "random"] = setting(
+        "two_hop", "new users / items start from one- and two-hop means, one-hop only or random"
+    )
+    init_k: int = setting(20, "k_init: two-hop neighbours averaged per new entity")
+    init_fill_quirk: bool = setting(
+        False, "§8.10: True = the code's off-by-one fill when |N2| == k_init"
+    )
+    # --- Stage 3: teacher update (§3.5) --------------------------------------------------------
+    teacher_epochs: int = setting(10, "epoch limit of Stage 3 (each teacher member's update)")
+    teacher_lr: float = setting(1e-3, "Adam learning rate of Stage 3")
+    teacher_batch: int = setting(2048, "BPR and replay batch size of Stage 3")
+    teacher_n_neg: int = setting(1, "negatives per positive in Stage 3's BPR")
+    lwc_weight: float = setting(0.01, "weight of the LWC-KD terms UI + IU + UU + II")
+    lwc_scale: Literal["code", "batch"] = setting(
+        "code", "LWC-KD / cluster terms as means (code, ~1e-4 of BPR, §9.3) or per BPR pair"
+    )
+    lwc_tau: float = setting(5.0, "temperature tau of the LWC-KD contrastive terms")
+    cluster_weight: float = setting(1.0, "weight of the cluster loss that trains the centres")
+    n_clusters: int = setting(10, "cluster centres of PIW and of the cluster loss")
+    piw: bool = setting(True, "weigh the UI and UU terms by personalised imitation weights")
+    piw_per_user: bool = setting(
+        True, "§8.8: PIW weighs per user (False = the code's broadcasting no-op)"
+    )
+    lwc_position_index_quirk: bool = setting(
+        False, "§8.9: True = LightGCN 'before' rows looked up by list position (the code)"
+    )
+    graph_degree: float = setting(10.0, "target mean degree of the UU / II similarity graphs")
+    graph_tolerance: float = setting(0.6, "tolerance of the bisection on that mean degree")
+    teacher_replay_abs: int = setting(
+        100, "N_abs: Stage 3 replays only items in a source's top N_abs"
+    )
+    teacher_s_samples: int = setting(5, "Stage 3 replay items per old user from the proxy S")
+    teacher_p_samples: int = setting(5, "Stage 3 replay items per old user from the proxy P")
+    teacher_cl_samples: int = setting(5, "Stage 3 replay items per old user from CL_k")
+    teacher_replay_anneal: float = setting(
+        5.0, "Stage 3's replay annealing constant (the code reuses the PIW temperature T = 5)"
+    )
+    vae_kl_weight: float = setting(1.0, "weight of a Mult-VAE member's KL retention term")
+    vae_replay_value: float = setting(
+        0.1, "pseudo-rating of a replayed pair in a Mult-VAE member's input"
+    )
+    # --- schedule ------------------------------------------------------------------------------
+    teacher_every: int = setting(
+        1, "teacher update + re-distillation every n-th block (1 = the paper)"
+    )
+    block_overrides: dict[int, dict[str, Any]] = field(
+        default_factory=dict,
+        metadata={"help": "field values per block index (e.g. run.sh's per-block ones, §3.6)"},
+    )
 
     def __post_init__(self) -> None:
         self.teacher_kinds = tuple(self.teacher_kinds)
@@ -260,6 +326,24 @@ class CCDConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CCDConfig:
         return cls(**data)
+
+
+def setting_rows() -> list[tuple[str, str, str, str]]:
+    """``(name, type, default, meaning)`` of every ``CCDConfig`` field, in declaration order.
+
+    Examples:
+        >>> setting_rows()[3]
+        ('teacher_layers', 'int', '2', 'propagation layers of LightGCN teacher members')
+    """
+    return [
+        (
+            f.name,
+            str(f.type),
+            repr(f.default_factory() if f.default is dataclasses.MISSING else f.default),
+            f.metadata["help"],
+        )
+        for f in dataclasses.fields(CCDConfig)
+    ]
 
 
 # The product's configuration: ``CCDConfig.preset(name, "best")``. Each entry departs from the

@@ -3,6 +3,7 @@ tiny synthetic block file, and the pieces whose answers can be worked out by han
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -22,6 +23,7 @@ from experiments.protocol import (
 )
 from experiments.report import CL_BASELINES, hmean_gains, jsonable, summarize_matrix
 from models.api import BlockData, Interactions
+from models.ccd import CCDConfig
 from models.data import load_block_file, split_block
 from models.metrics import ContinualMatrix, SizedScorer, ranking_metrics
 
@@ -311,6 +313,17 @@ def test_options_and_config() -> None:
     assert quick.base_eval_every == 2 and quick.kd_epochs == 3 and quick.teacher_dim == 32
     with pytest.raises(SystemExit):
         parse_args(["--dataset", "yelp", "--methods", "ccd,nope"])
+
+
+def test_list_settings_names_every_field_with_its_meaning(capsys) -> None:
+    """``--list-settings`` needs no --dataset and prints each field's type, default, meaning."""
+    with pytest.raises(SystemExit) as exited:
+        parse_args(["--list-settings"])
+    assert exited.value.code == 0
+    out = capsys.readouterr().out
+    for field in dataclasses.fields(CCDConfig):
+        assert f"  {field.name} (" in out and field.metadata["help"] in out
+    assert "  kd_epochs (int, default 10)\n      epoch limit of Stage 1" in out
 
 
 def test_jsonable_replaces_non_finite_floats() -> None:
