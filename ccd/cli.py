@@ -282,9 +282,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     # Before the slow torch import: a SIGTERM during start-up must stop cleanly, not kill.
     stop = threading.Event()
     _stop_on_sigterm(stop)  # `docker stop` ends the trainer between steps, not mid-write
+    from contracts.event_log import LogPositionError
+    from trainer.device import DeviceUnavailable
     from trainer.process import run_trainer
 
-    run_trainer(settings, stop=stop)
+    try:
+        run_trainer(settings, stop=stop)
+    except (LogPositionError, DeviceUnavailable) as error:  # an operator must decide: one line
+        print(f"ccd train: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

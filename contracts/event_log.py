@@ -4,6 +4,15 @@ Two implementations live behind these protocols (see ``open_event_log`` / ``open
 Kafka when ``CCD_KAFKA_BOOTSTRAP_SERVERS`` is set, else an embedded SQLite log in ``data_dir``.
 Delivery is at-least-once: the trainer commits a position only after the block that holds it has
 been published.
+
+Partitions: the events topic may have any number (``CCD_KAFKA_PARTITIONS`` when this service
+creates it); events are keyed by user, so a user's events stay in order. The trainer's consumer
+reads all of them and resumes each at the position its checkpoint holds (``resume``); a partition
+the checkpoint does not know (added since) is read from its start, and a checkpoint naming a
+partition the topic no longer has is refused (``LogPositionError``). A position Kafka's retention
+already deleted stops the trainer with a ``LogPositionError`` naming the recovery, unless
+``CCD_KAFKA_SKIP_DELETED`` accepts the loss. The embedded log deletes committed events older than
+``CCD_LOG_RETENTION_S`` (0: never).
 """
 
 from __future__ import annotations
@@ -23,9 +32,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Partitions of a topic this service creates. The one trainer reads all of them anyway; a single
-# partition keeps the global arrival order, so blocks are cut chronologically even when a backlog
-# is replayed (with several, a block would be whatever partition the consumer fetched first).
+# Partitions of a topic this service creates, by default (CCD_KAFKA_PARTITIONS). The one trainer
+# reads all of them anyway; a single partition keeps the global arrival order, so blocks are cut
+# chronologically even when a backlog is replayed (with several, a replayed block holds whatever
+# the consumer fetched from each partition; each user's events stay in order).
 DEFAULT_PARTITIONS = 1
 # A dead broker must turn into a quick error for the HTTP caller, not a long hang.
 KAFKA_TIMEOUT_MS = 5_000
@@ -42,6 +52,10 @@ DEAD_LETTER_MAX_BYTES = 8 * 1024 * 1024
 # A record the dead-letter topic still refuses (one created elsewhere, with a smaller limit) is
 # parked with only this many bytes of its value and a header giving the original length.
 DEAD_LETTER_TRUNCATED_BYTES = 64 * 1024
+# The trainer's consumer checks this often that it owns every partition of the topic, and its
+# client refreshes the topic's metadata (partition count) this often.
+ASSIGNMENT_CHECK_S = 10.0
+KAFKA_METADATA_MAX_AGE_MS = 60_000
 # On start, the trainer's consumer reads this many records from the end of each dead-letter
 # partition to learn which source positions are parked already (so a re-read after a crash does
 # not park them twice); enough for a dead-letter topic the trainer shares with a few others.
@@ -50,6 +64,12 @@ DEAD_LETTER_TAIL = 64
 
 class EventLogUnavailable(RuntimeError):
     """The log cannot accept events right now (e.g. the broker is down); retry later."""
+
+
+class LogPositionError(RuntimeError):
+    """The trainer cannot go on from its checkpoint's log positions (records deleted by
+    retention, a topic re-created with fewer partitions or records); the message names the
+    recovery. Not retried: an operator has to decide."""
 
 
 Headers = tuple[tuple[str, bytes | None], ...]
@@ -83,6 +103,11 @@ class EventLog(Protocol):
 class EventConsumer(Protocol):
     """Consumer side, one per trainer; resumes from the last committed positions."""
 
+    def resume(self, positions: dict[int, int]) -> None:
+        """Before the first poll: per partition, the next offset the trainer's checkpoint has
+        not applied (empty without a checkpoint). Raises ``LogPositionError`` when the log
+        cannot serve them."""
+
     def poll(self, max_records: int, timeout_s: float) -> list[LogRecord]: ...
 
     def commit(self, records: list[LogRecord]) -> None:
@@ -106,7 +131,11 @@ def open_consumer(settings: Settings) -> EventConsumer:
     """The consumer side the settings select (the trainer's), positioned after its last commit."""
     if settings.uses_kafka:
         return KafkaEventConsumer(settings)
-    return SqliteEventConsumer(settings.event_log_path, group_id=settings.kafka_group_id)
+    return SqliteEventConsumer(
+        settings.event_log_path,
+        group_id=settings.kafka_group_id,
+        retention_s=settings.log_retention_s,
+    )
 
 
 def next_offsets(records: list[LogRecord]) -> dict[int, int]:
@@ -120,8 +149,10 @@ def next_offsets(records: list[LogRecord]) -> dict[int, int]:
 # --- Kafka ----------------------------------------------------------------------------------
 
 
-def ensure_topics(settings: Settings, partitions: int = DEFAULT_PARTITIONS) -> None:
-    """Create the events topic and its dead-letter topic when they do not exist yet."""
+def ensure_topics(settings: Settings, partitions: int | None = None) -> None:
+    """Create the events topic and its dead-letter topic when they do not exist yet, with
+    ``partitions`` partitions (default ``settings.kafka_partitions``)."""
+    partitions = partitions or settings.kafka_partitions
     from kafka import KafkaAdminClient
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
@@ -290,37 +321,93 @@ def _mark_parked(marks: dict[int, int], headers: Any, events_topic: str) -> None
 
 
 class KafkaEventConsumer:
-    """The trainer's consumer in group ``settings.kafka_group_id``; commits explicitly."""
+    """The trainer's consumer in group ``settings.kafka_group_id``, over every partition of the
+    topic; commits explicitly. Each partition starts where ``resume`` put it (the checkpoint's
+    position, or the group's commit when that is further), else at the group's commit, else at
+    its start. Offsets are never reset silently (``auto_offset_reset="none"``): a position that
+    retention deleted raises ``LogPositionError`` unless ``kafka_skip_deleted`` is set."""
 
     def __init__(self, settings: Settings) -> None:
         from kafka import KafkaConsumer
 
         self._settings = settings
         self._unreachable = False
+        self._next: dict[int, int] = {}  # per partition: where to start when it is assigned
+        self._checkpointed = False  # resume() got positions: a partition's start is known
+        self.skipped_deleted = 0  # records retention deleted, skipped (kafka_skip_deleted)
+        self._next_assignment_check = 0.0
         ensure_topics(settings)
         self._consumer = KafkaConsumer(
-            settings.kafka_topic,
             bootstrap_servers=settings.kafka_bootstrap_servers,
             group_id=settings.kafka_group_id,
             group_instance_id=writer_instance_id(settings),
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            auto_offset_reset="none",
             max_poll_interval_ms=KAFKA_MAX_POLL_INTERVAL_MS,
             reconnect_backoff_max_ms=KAFKA_RECONNECT_BACKOFF_MAX_MS,
+            metadata_max_age_ms=KAFKA_METADATA_MAX_AGE_MS,
             client_id="ccd-trainer",
         )
+        self._consumer.subscribe([settings.kafka_topic], listener=self._listener())
         self._dead_letters = self._dead_letter_producer()
         # Per partition of the events topic, the highest offset already parked.
         self._parked = read_dead_letter_marks(settings)
 
+    def _listener(self) -> Any:
+        """Seeks each assigned partition to its known start; local only (it runs on the
+        client's I/O loop, where a network call would stall the group's heartbeats)."""
+        from kafka import ConsumerRebalanceListener, TopicPartition
+
+        consumer = self
+
+        class SeekOnAssign(ConsumerRebalanceListener):
+            def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+                pass
+
+            def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+                for partition in assigned:
+                    offset = consumer._next.get(partition.partition)
+                    if offset is not None:
+                        consumer._consumer.seek(partition, offset)
+
+        return SeekOnAssign()
+
+    def resume(self, positions: dict[int, int]) -> None:
+        """Start each partition at ``positions`` (the checkpoint's next offsets) or the group's
+        commit, whichever is further (a commit can pass the checkpoint over records that held
+        no event). Refuses a checkpoint naming partitions the topic does not have."""
+        from kafka import TopicPartition
+
+        topic = self._settings.kafka_topic
+        present = self._consumer.partitions_for_topic(topic) or set()
+        missing = sorted(set(positions) - set(present))
+        if missing:
+            raise LogPositionError(
+                f"the trainer's checkpoint holds positions in partitions {missing} of topic "
+                f"{topic!r}, which has {len(present)} partitions now (deleted and re-created "
+                "with fewer?): their events cannot be read. Recover: restore the topic, or start "
+                "the trainer afresh (remove CCD_DATA_DIR/checkpoints and pick a new "
+                "CCD_KAFKA_GROUP_ID)"
+            )
+        self._checkpointed = bool(positions)
+        for partition, offset in positions.items():
+            committed = self._consumer.committed(TopicPartition(topic, partition))
+            self._next[partition] = max(offset, committed or 0)
+
     def poll(self, max_records: int, timeout_s: float) -> list[LogRecord]:
-        """Records after the current position; none while the broker cannot be reached
+        """Records after the current positions; none while the broker cannot be reached
         (kafka-python raises from ``poll`` while it reconnects; nothing was consumed, so the
-        next call simply tries again)."""
-        from kafka.errors import KafkaError
+        next call simply tries again) or while a partition's start is being set."""
+        from kafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
 
         try:
             batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except NoOffsetForPartitionError as error:
+            self._start_unknown_partitions(error.args[0])
+            return []
+        except OffsetOutOfRangeError as error:
+            self._leave_deleted_range(error.args[0])
+            return []
         except KafkaError as error:
             if not getattr(error, "retriable", False):
                 raise  # e.g. FencedInstanceIdError: another trainer consumes in our place
@@ -334,10 +421,97 @@ class KafkaEventConsumer:
             for messages in batches.values()
             for m in messages
         ]
+        for record in records:
+            self._next[record.partition] = record.offset + 1
+        self._claim_new_partitions()
         if records and self._unreachable:
             log.info("Kafka delivers records again")
             self._unreachable = False
         return records
+
+    def _claim_new_partitions(self) -> None:
+        """Rejoin the group when the topic has partitions this consumer was not assigned. The
+        trainer is the group's only member, so it must own them all; but a static member
+        (``group_instance_id``) that rejoins is handed its previous assignment, so partitions
+        added while it was away would otherwise stay unread (seen with kafka-python 3.0 on
+        Kafka 4). ``request_rejoin`` is the client's own (private) way to ask for a rebalance."""
+        if time.monotonic() < self._next_assignment_check:
+            return
+        self._next_assignment_check = time.monotonic() + ASSIGNMENT_CHECK_S
+        assigned = {tp.partition for tp in self._consumer.assignment()}
+        if not assigned:
+            return  # not joined yet
+        present = self._consumer.partitions_for_topic(self._settings.kafka_topic) or set()
+        if set(present) - assigned:
+            log.info(
+                "topic %s has partitions %s this trainer was not assigned: rejoining the group",
+                self._settings.kafka_topic,
+                sorted(set(present) - assigned),
+            )
+            self._consumer._coordinator.request_rejoin()
+
+    def _start_unknown_partitions(self, partitions: Any) -> None:
+        """Partitions with no position in the checkpoint or the group (new ones, or a first
+        start): read from their start. A checkpointed trainer finding a new partition whose
+        start is past 0 has lost records to retention (``_deleted``)."""
+        partitions = sorted(partitions)
+        starts = self._consumer.beginning_offsets(partitions)
+        for partition in partitions:
+            start = starts[partition]
+            if start > 0 and self._checkpointed:
+                self._deleted(partition, 0, start)
+            log.info(
+                "partition %s/%d has no position in the checkpoint or the group: reading it "
+                "from offset %d, its start",
+                partition.topic,
+                partition.partition,
+                start,
+            )
+            self._consumer.seek(partition, start)
+            self._next[partition.partition] = start
+
+    def _leave_deleted_range(self, offsets: dict[Any, int]) -> None:
+        """The broker answered "offset out of range" for ``offsets`` ({partition: offset}):
+        past the end means the topic was re-created (refused); before the start means
+        retention deleted records not yet read (``_deleted``)."""
+        partitions = sorted(offsets)
+        starts = self._consumer.beginning_offsets(partitions)
+        ends = self._consumer.end_offsets(partitions)
+        for partition in partitions:
+            offset, start, end = offsets[partition], starts[partition], ends[partition]
+            if offset > end:
+                raise LogPositionError(
+                    f"the trainer's position {offset} in {partition.topic}/{partition.partition}"
+                    f" is past the partition's end ({end}): the topic was deleted and "
+                    "re-created (or truncated) since the checkpoint. Recover: point the trainer "
+                    "at the original topic, or start it afresh (remove CCD_DATA_DIR/checkpoints "
+                    "and pick a new CCD_KAFKA_GROUP_ID)"
+                )
+            if offset < start:
+                self._deleted(partition, offset, start)
+                offset = start
+            self._consumer.seek(partition, offset)
+            self._next[partition.partition] = offset
+
+    def _deleted(self, partition: Any, offset: int, start: int) -> None:
+        """Records ``offset .. start - 1`` of ``partition`` are gone: stop with the recovery
+        named, or skip them when ``kafka_skip_deleted`` accepts the loss."""
+        where = f"{partition.topic}/{partition.partition}"
+        if not self._settings.kafka_skip_deleted:
+            raise LogPositionError(
+                f"records {offset}..{start - 1} of {where} were deleted by the topic's retention "
+                "before the trainer learned them. Recover: re-produce those events if you can, or "
+                f"set CCD_KAFKA_SKIP_DELETED=true to go on from offset {start} without them; "
+                "keep the topic's retention.ms above the trainer's longest possible stop"
+            )
+        self.skipped_deleted += start - offset
+        log.error(
+            "records %d..%d of %s were deleted by retention before the trainer learned them: "
+            "skipped (CCD_KAFKA_SKIP_DELETED=true)",
+            offset,
+            start - 1,
+            where,
+        )
 
     def commit(self, records: list[LogRecord]) -> None:
         from kafka.structs import OffsetAndMetadata, TopicPartition
@@ -492,11 +666,14 @@ class SqliteEventLog:
 
 
 class SqliteEventConsumer:
-    """Embedded consumer side: reads messages after its group's committed offset."""
+    """Embedded consumer side: reads messages after its group's committed offset. With
+    ``retention_s`` > 0, each commit deletes the messages below the committed offset that were
+    appended more than ``retention_s`` seconds ago (never one not yet committed)."""
 
-    def __init__(self, path: Path, group_id: str) -> None:
+    def __init__(self, path: Path, group_id: str, retention_s: float = 0.0) -> None:
         self._connection = _connect_sqlite(path)
         self._group_id = group_id
+        self._retention_s = retention_s
         self._position = self.committed_offset()
         row = self._connection.execute("SELECT MAX(source_offset) FROM dead_letters").fetchone()
         self._parked = -1 if row[0] is None else int(row[0])  # highest offset parked already
@@ -507,6 +684,11 @@ class SqliteEventConsumer:
             "SELECT next_offset FROM committed WHERE group_id = ?", (self._group_id,)
         ).fetchone()
         return 1 if row is None else int(row[0])
+
+    def resume(self, positions: dict[int, int]) -> None:
+        """Nothing to do: the log reads on from the group's commit, and records between it
+        and the checkpoint's position are skipped by the trainer. Retention deletes only below
+        the commit, so that position is always still there."""
 
     def poll(self, max_records: int, timeout_s: float) -> list[LogRecord]:
         deadline = time.monotonic() + timeout_s
@@ -534,6 +716,26 @@ class SqliteEventConsumer:
             "DO UPDATE SET next_offset = MAX(next_offset, excluded.next_offset)",
             (self._group_id, offset),
         )
+        if self._retention_s > 0:
+            self.trim(time.time() - self._retention_s)
+
+    def trim(self, appended_before: float) -> int:
+        """Delete the messages below this group's committed offset appended before
+        ``appended_before`` (epoch seconds); returns how many. The scan stops at the first
+        message young enough (appends are nearly in time order), so it costs what it deletes."""
+        row = self._connection.execute(
+            "SELECT seq FROM messages WHERE appended_at >= ? ORDER BY seq LIMIT 1",
+            (appended_before,),
+        ).fetchone()
+        below = (
+            self.committed_offset() if row is None else min(int(row[0]), self.committed_offset())
+        )
+        deleted = self._connection.execute("DELETE FROM messages WHERE seq < ?", (below,)).rowcount
+        if deleted:
+            log.info(
+                "event log retention: deleted %d committed events below offset %d", deleted, below
+            )
+        return deleted
 
     def dead_letter(self, record: LogRecord, reason: str) -> bool:
         if record.offset <= self._parked:

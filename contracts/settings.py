@@ -27,6 +27,24 @@ class Settings(BaseSettings):
         "interactions.dead-letter", description="Where malformed messages go"
     )
     kafka_group_id: str = Field("ccd-trainer", description="Consumer group of the trainer")
+    kafka_partitions: int = Field(
+        1,
+        ge=1,
+        description="Partitions of the events topic when this service creates it (events are "
+        "keyed by user, so each user's events stay in order); an existing topic keeps its count",
+    )
+    kafka_skip_deleted: bool = Field(
+        False,
+        description="When the trainer must read records Kafka's retention already deleted: "
+        "false = stop with an error; true = go on from the oldest record left (deleted ones "
+        "are never learned)",
+    )
+    log_retention_s: float = Field(
+        0.0,
+        ge=0,
+        description="The embedded event log deletes events the trainer has committed once they "
+        "are this many seconds old; 0 = keep every event (what a server's seen-items replay reads)",
+    )
 
     # --- model store --------------------------------------------------------------------------
     redis_url: str | None = Field(None, description="Redis URL; unset = embedded file store")
@@ -64,6 +82,11 @@ class Settings(BaseSettings):
     )
     seed: int = Field(0, description="Seed of the trainer's random generators")
     torch_threads: int = Field(0, ge=0, description="torch threads in the trainer (0 = default)")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "cpu",
+        description="Where the trainer's learner runs: cpu, cuda (refused when no GPU is "
+        "available) or auto (cuda when torch sees a GPU, else cpu)",
+    )
     max_block_events: int = Field(
         200_000,
         ge=1,

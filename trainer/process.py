@@ -22,6 +22,8 @@ tests/faults/ tests them.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import logging
 import threading
 import time
@@ -44,6 +46,7 @@ from models.data import split_block
 from models.metrics import embedding_scorer, ranking_metrics
 from trainer.blocks import BlockPolicy, DedupWindow, OpenBlock, dedup_hash
 from trainer.checkpoint import load_latest_checkpoint, save_checkpoint
+from trainer.device import learner_device, resolve_device
 from trainer.faults import CrashPlan
 from trainer.ids import IdMap
 from trainer.lease import LeaseLost, WriterLease, open_lease
@@ -84,20 +87,46 @@ class TrainerStats:
 
 
 def build_learner(settings: Settings) -> tuple[BlockLearner, str]:
-    """The learner ``settings.learner`` names, and that name. A learner that cannot be built
-    (a broken install) stops start-up: serving another model than configured is worse."""
+    """The learner ``settings.learner`` names, and that name, on ``settings.device``. A learner
+    that cannot be built (a broken install) or cannot run on the device asked for stops
+    start-up: serving another model than configured is worse."""
     if settings.learner == "ccd":
         from models.ccd import CCDConfig, CCDLearner
 
         config = CCDConfig.preset("stream", settings.learner_variant, seed=settings.seed)
+        takes_device = "device" in {f.name for f in dataclasses.fields(CCDConfig)}
+        device = _device_for(settings, takes_device, "ccd")
+        if device is not None:
+            config = dataclasses.replace(config, device=device)
         return CCDLearner(config), "ccd"
     if settings.learner == "als":
         from models.als import ALSLearner
 
-        return ALSLearner(seed=settings.seed, **STREAM_ALS), "als"
+        device = _device_for(settings, _takes_device(ALSLearner), "als")
+        extra = {} if device is None else {"device": device}
+        return ALSLearner(seed=settings.seed, **STREAM_ALS, **extra), "als"
     from models.baselines import FineTuneLearner
 
-    return FineTuneLearner(seed=settings.seed, **STREAM_BPR), "bpr"
+    device = _device_for(settings, _takes_device(FineTuneLearner), "bpr")
+    extra = {} if device is None else {"device": device}
+    return FineTuneLearner(seed=settings.seed, **STREAM_BPR, **extra), "bpr"
+
+
+def _takes_device(learner_class: type) -> bool:
+    return "device" in inspect.signature(learner_class).parameters
+
+
+def _device_for(settings: Settings, takes_device: bool, learner: str) -> str | None:
+    """The device argument for ``learner`` (None: it takes none and runs on the CPU).
+    ``CCD_DEVICE=cuda`` without a GPU, or for a learner that cannot take a device, raises
+    ``DeviceUnavailable``; ``auto`` settles for the CPU then, and says so."""
+    device = resolve_device(settings.device, torch.cuda.is_available())
+    if settings.device == "auto" and device != "cpu" and not takes_device:
+        log.info("CCD_DEVICE=auto: learner %s takes no device argument, it runs on cpu", learner)
+        device = "cpu"
+    chosen = learner_device(device, takes_device, learner)
+    log.info("learner %s runs on %s", learner, chosen or "cpu")
+    return chosen
 
 
 def run_trainer(
@@ -187,6 +216,8 @@ class Trainer:
         self.block = self._open_block(0)
         try:
             self._restore()
+            # Each partition resumes at the checkpoint's position (new ones at their start).
+            self.consumer.resume(self.applied_offsets)
         except BaseException:
             self.close()
             raise

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import multiprocessing
+import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -133,3 +135,38 @@ def test_factories_choose_sqlite_without_kafka(tmp_path: Path) -> None:
     log.append(events(2))
     assert len(consumer.poll(10, 0.1)) == 2
     assert settings.event_log_path.exists()
+
+
+def _age(path: Path, seconds: float) -> None:
+    """Make every message look appended ``seconds`` ago."""
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE messages SET appended_at = ?", (time.time() - seconds,))
+
+
+def test_retention_deletes_only_committed_events_older_than_the_horizon(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    log = SqliteEventLog(path)
+    log.append(events(10))
+    _age(path, 3600)
+    log.append(events(2, user="fresh"))  # offsets 11, 12: young
+    consumer = SqliteEventConsumer(path, group_id="g", retention_s=60)
+    consumer.commit(consumer.poll(6, 0.1))  # commits 1..6: those six go, 7..10 are uncommitted
+    assert [r.offset for r in SqliteEventConsumer(path, group_id="other").poll(20, 0.1)] == [
+        *range(7, 13)
+    ]
+    consumer.commit(consumer.poll(20, 0.1))  # all committed: the old ones go, the young stay
+    left = SqliteEventConsumer(path, group_id="other").poll(20, 0.1)
+    assert [InteractionEvent.from_bytes(r.value).user_id for r in left] == ["fresh0", "fresh1"]
+    assert consumer.committed_offset() == 13  # positions are kept: offsets are never reused
+    log.append(events(1, user="next"))
+    assert [r.offset for r in consumer.poll(5, 0.1)] == [13]
+
+
+def test_retention_zero_keeps_every_event(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path)  # CCD_LOG_RETENTION_S defaults to 0
+    log = SqliteEventLog(settings.event_log_path)
+    log.append(events(5))
+    _age(settings.event_log_path, 10 * 365 * 86400)
+    consumer = open_consumer(settings)
+    consumer.commit(consumer.poll(5, 0.1))
+    assert len(SqliteEventConsumer(settings.event_log_path, group_id="other").poll(20, 0.1)) == 5

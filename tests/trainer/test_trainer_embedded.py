@@ -154,6 +154,9 @@ class NoCommitConsumer:
     def __init__(self, inner: EventConsumer) -> None:
         self.inner = inner
 
+    def resume(self, positions: dict[int, int]) -> None:
+        self.inner.resume(positions)
+
     def poll(self, max_records: int, timeout_s: float) -> list[LogRecord]:
         return self.inner.poll(max_records, timeout_s)
 
