@@ -175,7 +175,10 @@ def create_app(
     recommendation_routes = recommendations.build_router(settings)
     if fast_lane:  # innermost: the metrics middleware counts and times it like any route
         app.add_middleware(
-            recommendations.OneUserFastLane, router=recommendation_routes, max_k=settings.max_k
+            recommendations.OneUserFastLane,
+            router=recommendation_routes,
+            max_k=settings.max_k,
+            max_filter_ids=settings.max_filter_ids,
         )
     app.add_middleware(
         BodySizeLimitMiddleware,

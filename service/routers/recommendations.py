@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi.exceptions import RequestValidationError
 from pydantic import Field, create_model
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -17,7 +18,14 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from contracts.events import MAX_ID_LENGTH
 from contracts.settings import Settings
 from service.catalogue import NO_FILTER, ItemFilter
-from service.filters import FilterFields, build_filter_query, rank_options
+from service.filters import (
+    LIST_PARAMETERS,
+    NUMBER_PARAMETERS,
+    FilterFields,
+    build_filter_query,
+    lane_filter,
+    rank_options,
+)
 from service.ranking import Ranked
 from service.schemas import (
     BatchRecommendationRequest,
@@ -155,13 +163,18 @@ class OneUserFastLane:
     true/false/1/0, each once, and a model loaded) is ranked here, together with the others that
     arrived in the same event-loop turn (``OneUserBatcher``), and answered with the route's own
     ``_one_user_response``; anything else, including every invalid request, goes through FastAPI
-    untouched, so error answers and the OpenAPI schema come from the route alone.
+    untouched, so error answers and the OpenAPI schema come from the route alone. A request with
+    filter parameters that ``service.filters.lane_filter`` vouches for is ranked here too, alone
+    and inline; one whose filter ``_rank`` refuses (an unknown category) goes to the route.
     """
 
-    def __init__(self, app: ASGIApp, router: APIRouter, max_k: int) -> None:
+    def __init__(
+        self, app: ASGIApp, router: APIRouter, max_k: int, max_filter_ids: int = 10_000
+    ) -> None:
         """``router``: this module's ``build_router(settings)``, as included in the app."""
         self.app = app
         self.max_k = max_k
+        self.max_filter_ids = max_filter_ids
         self.default_k = _default_k(max_k)
         self.batcher = OneUserBatcher()
         # Set as the request's route, as FastAPI would: the metrics middleware labels by it.
@@ -178,14 +191,23 @@ class OneUserFastLane:
         if state.holder.model is None:  # the route answers 503
             await self.app(scope, receive, send)
             return
-        scope["route"] = self.route
-        user_id, k, exclude_seen = request
-        version, ranked = await self.batcher.rank(state, user_id, k, exclude_seen)
+        user_id, k, exclude_seen, item_filter = request
+        if item_filter is NO_FILTER:
+            scope["route"] = self.route
+            version, ranked = await self.batcher.rank(state, user_id, k, exclude_seen)
+        else:  # ranked alone, inline, as the route would; a filter it refuses goes there (422)
+            try:
+                version, (ranked,) = _rank(state, [user_id], k, [exclude_seen], item_filter)
+            except RequestValidationError:
+                await self.app(scope, receive, send)
+                return
+            scope["route"] = self.route
         rid = state.impressions.record(user_id, ranked.item_ids, version)
         await _one_user_response(user_id, version, ranked, rid)(scope, receive, send)
 
-    def _plain_request(self, scope: Scope) -> tuple[str, int, bool] | None:
-        """(user_id, k, exclude_seen) of a request that needs no validation error, else None."""
+    def _plain_request(self, scope: Scope) -> tuple[str, int, bool, ItemFilter] | None:
+        """(user_id, k, exclude_seen, filter) of a request that needs no validation error (the
+        filter parameters as ``lane_filter`` vouches for them), else None."""
         if scope["type"] != "http" or scope["method"] != "GET" or scope.get("root_path"):
             return None
         path: str = scope["path"]
@@ -201,8 +223,10 @@ class OneUserFastLane:
             )
         except ValueError:  # not ASCII, or not name=value pairs
             return None
-        if len({name for name, _ in parameters}) != len(parameters):
+        names = [name for name, _ in parameters if name not in LIST_PARAMETERS]
+        if len(set(names)) != len(names):
             return None
+        filters: dict[str, list[str]] = {}
         for name, value in parameters:
             if name == "k" and value.isascii() and value.isdigit() and len(value) <= 9:
                 k = int(value)
@@ -210,9 +234,14 @@ class OneUserFastLane:
                     return None
             elif name == "exclude_seen" and value in _BOOLEANS:
                 exclude_seen = _BOOLEANS[value]
+            elif name in LIST_PARAMETERS or name in NUMBER_PARAMETERS:
+                filters.setdefault(name, []).append(value)
             else:
                 return None
-        return user_id, k, exclude_seen
+        item_filter = lane_filter(filters, self.max_filter_ids) if filters else NO_FILTER
+        if item_filter is None:
+            return None
+        return user_id, k, exclude_seen, item_filter
 
 
 class OneUserBatcher:

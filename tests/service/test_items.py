@@ -10,6 +10,8 @@ from pydantic import SecretStr
 from contracts.catalogue import ItemMetadata, SqliteCatalogue
 from contracts.settings import Settings
 from service.app import create_app
+from service.catalogue import ItemFilter
+from service.routers import recommendations
 from tests.service.conftest import make_snapshot, wait_until
 
 
@@ -217,6 +219,42 @@ def test_the_openapi_documents_every_filter_with_an_example(ready_client: TestCl
     assert all(body[name].get("examples") for name in names)
 
 
+FILTERED_PATHS = [
+    "/recommendations/u0?categories=a&categories=c",
+    "/recommendations/u0?exclude_categories=b&k=2",
+    "/recommendations/u1?label=color:red&exclude_seen=false",
+    "/recommendations/u0?include=i4&include=i1&include=zz",
+    "/recommendations/u0?exclude=i2&exclude=i3&k=2&categories=a",
+    "/recommendations/nobody?categories=b&diversity=0.5",
+    "/recommendations/u0?new_item_boost=1.5&k=3",
+    "/recommendations/u0?diversity=0&k=3",
+    "/recommendations/%C3%BCser?label=color%3Ablue",
+    # the route's answers: 422s, or numbers the lane does not parse
+    "/recommendations/u0?categories=nope",
+    "/recommendations/u0?label=color",
+    "/recommendations/u0?label=color:green",
+    "/recommendations/u0?diversity=2",
+    "/recommendations/u0?diversity=1e-1",
+    "/recommendations/u0?diversity=0.1&diversity=0.2",
+    "/recommendations/u0?exclude=",
+    "/recommendations/u0?categories=",
+]
+
+
+def test_the_fast_lane_answers_filtered_requests_as_the_route(
+    tagged: TestClient, settings: Settings, store, event_log
+) -> None:
+    with TestClient(create_app(settings, store, event_log, fast_lane=False)) as plain:
+        wait_until(lambda: plain.get("/items/i3").json()["categories"] == ["c"])
+        for path in FILTERED_PATHS:
+            got, expected = tagged.get(path), plain.get(path)
+            assert got.status_code == expected.status_code, path
+            got_body, expected_body = got.json(), expected.json()
+            if got.status_code == 200:
+                got_body.pop("recommendation_id"), expected_body.pop("recommendation_id")
+            assert got_body == expected_body, path
+
+
 def test_hidden_items_never_appear_while_models_are_swapped(
     ready_client: TestClient, store
 ) -> None:
@@ -245,3 +283,19 @@ def test_metadata_survives_a_restart_of_the_embedded_server(
         other.put({"i0": ItemMetadata(available=False)})
         other.close()
         wait_until(lambda: client.get("/items/i0").json()["available"] is False, 1.0)
+
+
+def test_the_lane_takes_the_filters_it_can_vouch_for(settings: Settings) -> None:
+    router = recommendations.build_router(settings)
+    lane = recommendations.OneUserFastLane(app=None, router=router, max_k=10, max_filter_ids=2)  # type: ignore[arg-type]
+
+    def taken(query: bytes):
+        scope = {"type": "http", "method": "GET", "path": "/recommendations/u0"}
+        return lane._plain_request(scope | {"query_string": query})
+
+    user, k, seen, item_filter = taken(b"categories=a&k=3&categories=b&label=k%3Av&include=i1")
+    assert (user, k, seen) == ("u0", 3, True)
+    assert item_filter == ItemFilter(include=("i1",), categories=("a", "b"), labels=(("k", "v"),))
+    assert taken(b"exclude=a&exclude=b&exclude=c") is None  # more than max_filter_ids
+    assert taken(b"new_item_boost=inf") is None
+    assert taken(b"k=1&k=2&categories=a") is None
