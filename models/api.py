@@ -77,10 +77,45 @@ class BlockReport:
 
 
 class BlockLearner(Protocol):
-    def learn_block(self, block: BlockData) -> BlockReport: ...
+    """A learner that sees the stream one block at a time and serves a dot-product student.
 
-    def student(self) -> Embeddings: ...
+    The contract is written once, here; implementations do not repeat it:
+    ``models.ccd.CCDLearner``, ``models.baselines.FineTuneLearner`` (the trainer's "bpr"),
+    ``models.als.ALSLearner`` ("als") and the replay's ``experiments.distilled_baselines``.
+    tests/models/test_learner_contract.py checks each against it; a new learner joins with one
+    factory there.
+    """
 
-    def state_dict(self) -> dict[str, Any]: ...
+    def learn_block(self, block: BlockData) -> BlockReport:
+        """Train on block k, starting from the state after block k-1.
 
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+        Preconditions, kept by the caller: block indices are consecutive, 0, 1, 2, ... (block 0
+        trains from scratch; a restored learner goes on with the block after its checkpoint's
+        last), and id spaces only grow: ``block.n_users`` / ``block.n_items`` are at least the
+        previous block's, and an index below the previous sizes is the same entity as before.
+
+        Returns:
+            Wall seconds per stage (finite, >= 0) and any details worth logging.
+        """
+
+    def student(self) -> Embeddings:
+        """The deployable student after the last learned block: ``users`` (U, d) and ``items``
+        (I, d), float32, detached, U / I = the last block's ``n_users`` / ``n_items`` (the
+        replay's "frozen" baseline keeps block 0's by definition).
+
+        Raises:
+            RuntimeError: before the first ``learn_block`` (there is nothing to serve).
+        """
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to go on: a fresh learner given it by ``load_state_dict`` serves
+        the same student and learns the next block exactly as this one would.
+
+        It holds only primitives (None, bool, int, float, str), tensors, and lists, tuples and
+        dicts of them, so that ``torch.load(..., weights_only=True)`` reads it (the trainer's
+        checkpoints do: trainer/checkpoint.py); no dataclasses, numpy arrays or modules.
+        """
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a ``state_dict()`` (as loaded with ``weights_only=True``) into this learner,
+        whatever it was constructed with: the state's configuration wins."""
