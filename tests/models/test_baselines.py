@@ -12,7 +12,7 @@ from models.api import BlockData, Embeddings
 from models.baselines import FineTuneLearner
 from models.data import split_block
 from models.members import build_member
-from models.metrics import embedding_scorer, ranking_metrics
+from tests.models.helpers import held_out_recall
 
 N_USERS, N_ITEMS, PER_USER = 500, 350, 10
 
@@ -42,21 +42,12 @@ def low_rank_stream() -> list[BlockData]:
     return blocks
 
 
-def test_recall(emb: Embeddings, block: BlockData) -> float:
-    return ranking_metrics(embedding_scorer(emb), block.test, [block.train, block.valid], ks=(20,))[
-        "recall@20"
-    ]
-
-
-test_recall.__test__ = False  # a helper, not a test
-
-
 def random_recall(block: BlockData, dim: int = 16) -> float:
     g = torch.Generator().manual_seed(123)
     emb = Embeddings(
         torch.randn(block.n_users, dim, generator=g), torch.randn(block.n_items, dim, generator=g)
     )
-    return test_recall(emb, block)
+    return held_out_recall(emb, block)
 
 
 @pytest.mark.parametrize("kind", ["mf", "lightgcn"])
@@ -65,12 +56,12 @@ def test_fine_tune_beats_random_and_grows(kind: str) -> None:
     learner = FineTuneLearner(dim=16, kind=kind, epochs=30, lr=1e-2, eval_every=5, patience=2)
     report = learner.learn_block(blocks[0])
     assert report.info["best_epoch"] >= 0 and report.stage_seconds["fine_tune"] > 0
-    recall, baseline = test_recall(learner.student(), blocks[0]), random_recall(blocks[0])
+    recall, baseline = held_out_recall(learner.student(), blocks[0]), random_recall(blocks[0])
     assert recall > 0.2 and recall > 3 * baseline
     learner.learn_block(blocks[1])
     student = learner.student()
     assert student.users.shape == (500, 16) and student.items.shape == (350, 16)
-    recall, baseline = test_recall(student, blocks[1]), random_recall(blocks[1])
+    recall, baseline = held_out_recall(student, blocks[1]), random_recall(blocks[1])
     assert recall > 0.2 and recall > 3 * baseline
 
 

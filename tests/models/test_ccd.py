@@ -23,9 +23,10 @@ from models.ccd.stage3_teacher import (
     train_base_member,
     update_member,
 )
-from models.data import split_block, user_item_lists
+from models.data import user_item_lists
 from models.members import build_member
-from models.metrics import embedding_scorer, ranking_metrics
+from models.metrics import ranking_metrics
+from tests.models.helpers import N_BLOCKS, held_out_recall, synthetic_stream
 from tests.models.test_ensemble import direct_rank_ensemble
 
 
@@ -36,30 +37,6 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
-
-
-N_BLOCKS, USERS0, ITEMS0, NEW_USERS, NEW_ITEMS = 3, 160, 100, 30, 15
-
-
-def synthetic_stream(seed: int = 0) -> list[BlockData]:
-    """Users pick 10 items each from softmax(2 u·i) of 4-d factors; later blocks bring new users
-    and items and re-activate half of the old users."""
-    g = torch.Generator().manual_seed(seed)
-    users_f = torch.randn(USERS0 + NEW_USERS * N_BLOCKS, 4, generator=g)
-    items_f = torch.randn(ITEMS0 + NEW_ITEMS * N_BLOCKS, 4, generator=g)
-    blocks = []
-    for k in range(N_BLOCKS):
-        n_users, n_items = USERS0 + NEW_USERS * k, ITEMS0 + NEW_ITEMS * k
-        if k == 0:
-            active = torch.arange(n_users)
-        else:
-            old = torch.randperm(n_users - NEW_USERS, generator=g)[: USERS0 // 2]
-            active = torch.cat([old, torch.arange(n_users - NEW_USERS, n_users)])
-        probs = torch.softmax(2.0 * users_f[active] @ items_f[:n_items].T, 1)
-        items = torch.multinomial(probs, 10, generator=g)
-        users = active.unsqueeze(1).expand_as(items)
-        blocks.append(split_block(users.flatten(), items.flatten(), n_users, n_items, k, seed + k))
-    return blocks
 
 
 def tiny_config(**overrides) -> CCDConfig:
@@ -74,14 +51,6 @@ def tiny_config(**overrides) -> CCDConfig:
     return CCDConfig.preset("stream", **(settings | overrides))
 
 
-def test_recall(learner, block: BlockData) -> float:
-    scorer = embedding_scorer(learner.student())
-    return ranking_metrics(scorer, block.test, [block.train, block.valid], (20,))["recall@20"]
-
-
-test_recall.__test__ = False  # a helper, not a test
-
-
 @pytest.fixture(scope="module")
 def stream() -> list[BlockData]:
     return synthetic_stream()
@@ -93,7 +62,7 @@ def ccd_run(stream):
     reports, recalls = [], []
     for block in stream:
         reports.append(learner.learn_block(block))
-        recalls.append(test_recall(learner, block))
+        recalls.append(held_out_recall(learner.student(), block))
     return learner, reports, recalls
 
 
@@ -137,7 +106,7 @@ def test_teacher_every_two_skips_odd_blocks_and_checkpoints(stream) -> None:
     for member, weight in zip(learner.teachers, before, strict=True):
         assert torch.equal(member.user_table.weight, weight)  # untouched, not even grown
     assert learner.distilled is distilled_before and learner.teacher_updates == 0
-    assert test_recall(learner, stream[1]) > 2 * 20 / stream[1].n_items
+    assert held_out_recall(learner.student(), stream[1]) > 2 * 20 / stream[1].n_items
 
     # Checkpoint round trip through torch.save / weights_only load.
     buffer = io.BytesIO()
@@ -154,7 +123,7 @@ def test_teacher_every_two_skips_odd_blocks_and_checkpoints(stream) -> None:
     assert restored.teacher_updates == 1
     assert restored.teachers[0].n_users == stream[2].n_users
     assert len(restored.teacher_window.block.train) > len(stream[2].train)  # the 2-block window
-    assert test_recall(restored, stream[2]) > 2 * 20 / stream[2].n_items
+    assert held_out_recall(restored.student(), stream[2]) > 2 * 20 / stream[2].n_items
 
 
 def test_distilled_baselines(stream) -> None:
@@ -170,7 +139,7 @@ def test_distilled_baselines(stream) -> None:
     report = ft.learn_block(stream[1])
     assert report.info["teacher_updated"] and "teacher_update" in report.stage_seconds
     assert ft.student().users.shape[0] == stream[1].n_users
-    assert test_recall(ft, stream[1]) > 2 * 20 / stream[1].n_items
+    assert held_out_recall(ft.student(), stream[1]) > 2 * 20 / stream[1].n_items
     restored = TeacherFineTuneLearner()
     restored.load_state_dict(ft.state_dict())
     assert torch.equal(restored.student().items, ft.student().items)
@@ -285,7 +254,7 @@ def test_code_quirk_settings_run(stream) -> None:
     for block in stream[:2]:
         report = learner.learn_block(block)
     assert report.info["teacher_updated"] and report.info["student_replay_size"] > 0
-    assert test_recall(learner, stream[1]) > 2 * 20 / stream[1].n_items
+    assert held_out_recall(learner.student(), stream[1]) > 2 * 20 / stream[1].n_items
 
 
 # -- the "best" variant: iALS teachers and the switches of ccd-method.md §9 --------------------
@@ -338,7 +307,7 @@ def test_best_variant_learns_the_stream_and_round_trips() -> None:
         learner.learn_block(block)
     assert all(m.kind == "ials" for m in learner.teachers)
     assert len(learner.history) == len(union_pairs([b.train for b in blocks], blocks[-1].n_items))
-    assert test_recall(learner, blocks[-1]) > 0.1
+    assert held_out_recall(learner.student(), blocks[-1]) > 0.1
     clone = CCDLearner()
     clone.load_state_dict(learner.state_dict())
     assert torch.equal(clone.history.items, learner.history.items)

@@ -18,7 +18,7 @@ from models.als import ALSLearner
 from models.api import BlockLearner
 from models.baselines import FineTuneLearner
 from models.ccd import CCDLearner
-from tests.models.test_ccd import synthetic_stream
+from tests.models.helpers import synthetic_stream
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "before_layout_move"
 

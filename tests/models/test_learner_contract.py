@@ -25,7 +25,7 @@ from models.api import BlockLearner, BlockReport, Embeddings
 from models.baselines import FineTuneLearner
 from models.ccd import CCDConfig, CCDLearner
 from models.members import IALSParams
-from tests.models.test_ccd import synthetic_stream
+from tests.models.helpers import synthetic_stream
 
 # The smallest CCD that runs every stage: one MF teacher, few epochs, small KD samples.
 TINY_CCD = dict(
