@@ -15,6 +15,10 @@ Maven into ``$XDG_CACHE_HOME/ccd-kafka/<version>-<pom hash>/libs`` (default ``~/
 with ``CCD_TEST_KAFKA_CACHE``) once, then reused. Redis: Debian's ``redis-server``, installed with
 apt-get when missing. Both run on free loopback ports, with their state in a temporary directory
 that is deleted afterwards, and are stopped on success, failure, Ctrl-C and SIGTERM.
+
+Chromium: Debian's ``chromium``, installed with apt-get when missing, for the dashboard's
+browser test (Playwright drives it); its path reaches pytest as ``CCD_TEST_CHROMIUM``. Where it
+cannot be installed the suite still runs and that test skips, saying so.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 KAFKA_POM = REPO_ROOT / "scripts" / "kafka" / "pom.xml"
 KAFKA_ENV = "CCD_TEST_KAFKA_BOOTSTRAP"
 REDIS_ENV = "CCD_TEST_REDIS_URL"
+CHROMIUM_ENV = "CCD_TEST_CHROMIUM"
 STARTUP_TIMEOUT_S = 180.0  # a cold JVM on 2 busy cores can take a while
 STOP_TIMEOUT_S = 15.0
 PYTEST_NO_TESTS = 5
@@ -370,6 +375,18 @@ def services() -> Iterator[tuple[str, str]]:
         yield bootstrap, redis_url
 
 
+def find_chromium() -> str | None:
+    """Debian's ``chromium`` for the dashboard's browser test, installed with apt-get when
+    missing; None (the test then skips, saying why) where it cannot be installed."""
+    try:
+        path = require_tool("chromium", "chromium")
+    except ServiceError as error:
+        log(f"no chromium, the browser test will be skipped: {error}")
+        return None
+    log(f"chromium for the browser test: {path}")
+    return path
+
+
 def stop_and_log(service: Service) -> None:
     started = time.monotonic()
     service.stop()
@@ -417,7 +434,11 @@ def main(argv: list[str] | None = None) -> int:
         with services() as (bootstrap, redis_url):
             if args.hold:
                 return hold(bootstrap, redis_url)
-            exit_code = run_pytest(child_environment(bootstrap, redis_url), pytest_args)
+            env = child_environment(bootstrap, redis_url)
+            chromium = find_chromium()
+            if chromium is not None:
+                env[CHROMIUM_ENV] = chromium
+            exit_code = run_pytest(env, pytest_args)
     except ServiceError as error:
         log(f"ERROR: {error}")
         return 3

@@ -29,6 +29,7 @@ from service.metrics import RequestMetricsMiddleware, ServiceMetrics
 from service.model_holder import ModelHolder
 from service.routers import (
     admin,
+    dashboard,
     events,
     health,
     items,
@@ -197,4 +198,6 @@ def create_app(
     app.include_router(metrics.build_router())
     app.include_router(admin.build_router(settings))
     app.include_router(stats.build_router())
+    app.include_router(dashboard.build_router())
+    app.mount("/dashboard/static", dashboard.static_files(), name="dashboard-static")
     return app
