@@ -113,3 +113,51 @@ def shown_fields(names: list[str]) -> str:
     shown = [repr(name[:MAX_SHOWN_NAME]) for name in names[:MAX_SHOWN_FIELDS]]
     more = len(names) - len(shown)
     return ", ".join(shown) + (f" and {more} more" if more else "")
+
+
+# What each event type teaches the learners: > 0 a positive of that strength (BPR weight, iALS
+# confidence), < 0 an explicit negative of that strength, 0 nothing (kept in the log only).
+DEFAULT_EVENT_WEIGHTS = (
+    "view:1,click:1,like:2,add_to_cart:2,purchase:4,impression:-0.25,read:-0.25,dislike:-2,*:1"
+)
+
+
+class EventWeights:
+    """The ``CCD_EVENT_WEIGHTS`` mapping of event ``type`` to a learning weight.
+
+    Written ``type:weight,...``; ``*`` is the weight of an event without a type or of a type
+    not listed (default 1: a plain interaction). An event's own ``weight`` field multiplies its
+    type's weight. Within one block a pair with any positive event is a positive (its largest
+    weight): an impression followed by a click is a click, not a hard negative.
+
+    >>> weights = EventWeights.parse("purchase:4,dislike:-2,*:1")
+    >>> weights.of("purchase", None), weights.of("dislike", 1.5), weights.of(None, None)
+    (4.0, -3.0, 1.0)
+    >>> EventWeights.parse("purchase:lots")
+    Traceback (most recent call last):
+    ValueError: CCD_EVENT_WEIGHTS: 'purchase:lots' is not type:weight with a finite number
+    """
+
+    def __init__(self, by_type: dict[str, float], default: float = 1.0) -> None:
+        self.by_type, self.default = dict(by_type), default
+
+    @classmethod
+    def parse(cls, text: str) -> EventWeights:
+        by_type: dict[str, float] = {}
+        for entry in filter(None, (part.strip() for part in text.split(","))):
+            name, _, value = entry.rpartition(":")
+            try:
+                number = float(value)
+            except ValueError:
+                number = math.nan
+            if not name.strip() or not math.isfinite(number):
+                raise ValueError(
+                    f"CCD_EVENT_WEIGHTS: {entry!r} is not type:weight with a finite number"
+                )
+            by_type[name.strip()] = number
+        return cls(by_type, by_type.pop("*", 1.0))
+
+    def of(self, event_type: str | None, event_weight: float | None) -> float:
+        """The learning weight of one event."""
+        base = self.by_type.get(event_type, self.default) if event_type else self.default
+        return base * (1.0 if event_weight is None else event_weight)

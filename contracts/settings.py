@@ -11,8 +11,10 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from contracts.events import DEFAULT_EVENT_WEIGHTS, EventWeights
 
 
 class Settings(BaseSettings):
@@ -66,6 +68,11 @@ class Settings(BaseSettings):
         "best",
         description="Configuration of the ccd learner: best (the product's, models.ccd.BEST) or "
         "paper (the official code's behaviour)",
+    )
+    event_weights: str = Field(
+        DEFAULT_EVENT_WEIGHTS,
+        description="What each event type teaches, type:weight,...: > 0 a positive of that "
+        "strength, < 0 an explicit negative, 0 nothing; * = untyped and unlisted types",
     )
     base_block_size: int = Field(20_000, ge=1, description="Events in the first (base) block")
     block_size: int = Field(5_000, ge=1, description="A block closes after this many events ...")
@@ -168,6 +175,16 @@ class Settings(BaseSettings):
         gt=0,
         description="new_item_boost halves for every this many seconds since an item was added",
     )
+
+    @field_validator("event_weights")
+    @classmethod
+    def _parse_event_weights(cls, value: str) -> str:
+        EventWeights.parse(value)  # refused at start-up, naming the variable
+        return value
+
+    @cached_property
+    def weights_of_events(self) -> EventWeights:
+        return EventWeights.parse(self.event_weights)
 
     @property
     def uses_kafka(self) -> bool:

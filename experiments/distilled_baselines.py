@@ -26,12 +26,11 @@ from models.ccd.learner import (
     distill_block,
     member_from_state,
     member_state,
-    union_pairs,
 )
 from models.ccd.stage1_distill import distill
 from models.ccd.stage3_teacher import TeacherContext, TeacherWindow, ensemble_scorer, update_member
 from models.members import Member
-from models.metrics import SizedScorer
+from models.metrics import SizedScorer, union_pairs
 
 
 class FrozenStudentLearner:

@@ -17,7 +17,7 @@ from typing import Any
 
 from models.api import BlockData, BlockReport, Embeddings, Interactions
 from models.members import IALS, IALSParams
-from models.metrics import member_scorer, merge_interactions, ranking_metrics
+from models.metrics import member_scorer, ranking_metrics, union_pairs
 
 log = logging.getLogger("ccd.models")
 
@@ -79,7 +79,8 @@ class ALSLearner:
 
     def __init__(self, dim: int = 64, params: IALSParams | None = None, seed: int = 0) -> None:
         self.dim, self.params, self.seed = dim, params, seed
-        self.history = Interactions.empty()  # every train pair so far
+        self.history = Interactions.empty()  # every distinct train pair so far
+        self.negatives = Interactions.empty()  # every distinct negative pair so far
         self.member: IALS | None = None
         self.blocks_seen = 0
 
@@ -93,10 +94,18 @@ class ALSLearner:
             else:
                 self.params = IALSParams()
             times["tune"] = time.perf_counter() - started
-        self.history = merge_interactions([self.history, block.train])
+        self.history = union_pairs([self.history, block.train], block.n_items)
+        self.negatives = union_pairs([self.negatives, block.negatives], block.n_items)
         started = time.perf_counter()
         member = IALS(block.n_users, block.n_items, self.dim, self.seed)
-        member.fit(self.history, block.n_users, block.n_items, self.params, seed=self.seed)
+        member.fit(
+            self.history,
+            block.n_users,
+            block.n_items,
+            self.params,
+            seed=self.seed,
+            negatives=self.negatives,
+        )
         self.member = member
         times["fit"] = time.perf_counter() - started
         if len(block.valid):
@@ -120,6 +129,7 @@ class ALSLearner:
             "seed": self.seed,
             "params": None if self.params is None else asdict(self.params),
             "history": self.history.state_dict(),
+            "negatives": self.negatives.state_dict(),
             "blocks_seen": self.blocks_seen,
             "member": None if self.member is None else self.member.state_dict(),
         }
@@ -128,6 +138,9 @@ class ALSLearner:
         self.dim, self.seed = int(state["dim"]), int(state["seed"])
         self.params = None if state["params"] is None else IALSParams(**state["params"])
         self.history = Interactions.from_state(state["history"])
+        self.negatives = Interactions.from_state(
+            state.get("negatives") or Interactions.empty().state_dict()
+        )
         self.blocks_seen = int(state["blocks_seen"])
         self.member = None
         if state["member"] is not None:

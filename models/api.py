@@ -19,10 +19,16 @@ import torch
 
 @dataclass
 class Interactions:
-    """Parallel index tensors: ``users`` (n,) and ``items`` (n,), int64."""
+    """Parallel index tensors: ``users`` (n,) and ``items`` (n,), int64, and optional per-pair
+    ``weights`` (n,) float32 (> 0: how strongly the pair counts; None: every pair counts 1).
+
+    Typed events (a purchase, a like) set the weights (``contracts.events.EventWeights``); the
+    paper's block files have none, and then nothing changes anywhere.
+    """
 
     users: torch.Tensor
     items: torch.Tensor
+    weights: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.users.numel())
@@ -31,13 +37,26 @@ class Interactions:
     def empty(cls) -> Interactions:
         return cls(torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long))
 
+    def weight_values(self) -> torch.Tensor:
+        """(n,) float32 weights, ones where none were given.
+
+        >>> Interactions(torch.tensor([0, 1]), torch.tensor([2, 3])).weight_values()
+        tensor([1., 1.])
+        """
+        if self.weights is None:
+            return torch.ones(len(self), dtype=torch.float32)
+        return self.weights.float()
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         """Cloned tensors only, for checkpoints loaded with ``weights_only``."""
-        return {"users": self.users.clone(), "items": self.items.clone()}
+        state = {"users": self.users.clone(), "items": self.items.clone()}
+        if self.weights is not None:
+            state["weights"] = self.weights.clone()
+        return state
 
     @classmethod
     def from_state(cls, state: dict[str, torch.Tensor]) -> Interactions:
-        return cls(state["users"], state["items"])
+        return cls(state["users"], state["items"], state.get("weights"))
 
 
 @dataclass
@@ -55,6 +74,9 @@ class BlockData:
     train: Interactions
     valid: Interactions = field(default_factory=Interactions.empty)
     test: Interactions = field(default_factory=Interactions.empty)
+    # Explicit negative feedback (a dislike, an impression without a click), weights = how
+    # strongly; learners that can use negatives take them as hard negatives, others ignore them.
+    negatives: Interactions = field(default_factory=Interactions.empty)
 
 
 @dataclass

@@ -13,7 +13,12 @@ from models.api import BlockData, BlockReport, Embeddings
 from models.data import user_item_lists
 from models.members import Member, build_member
 from models.metrics import member_scorer, ranking_metrics
-from models.sampling import forbidden_keys, sample_negatives
+from models.sampling import (
+    explicit_negatives,
+    forbidden_keys,
+    mix_hard_negatives,
+    sample_negatives,
+)
 from models.training import FitResult, adam, fit
 
 
@@ -30,6 +35,7 @@ class FineTuneConfig:
     seed: int = 0
     eval_every: int = 1
     patience: int = 3
+    hard_negative_rate: float = 0.5  # share of negatives from the user's explicit negatives
 
 
 class FineTuneLearner:
@@ -56,6 +62,7 @@ class FineTuneLearner:
         seed: int = 0,
         eval_every: int = 1,
         patience: int = 3,
+        hard_negative_rate: float = 0.5,
     ) -> None:
         self.config = FineTuneConfig(
             dim,
@@ -69,6 +76,7 @@ class FineTuneLearner:
             seed,
             eval_every,
             patience,
+            hard_negative_rate,
         )
         if self.config.kind not in ("mf", "lightgcn"):
             raise ValueError(f"FineTuneLearner trains 'mf' or 'lightgcn', not {self.config.kind!r}")
@@ -112,16 +120,25 @@ class FineTuneLearner:
         generator = torch.Generator().manual_seed(cfg.seed * 7919 + block.index)
         optimizer = adam(member.parameters(), cfg.lr, cfg.weight_decay)
 
+        hard = explicit_negatives(block)
+
         def train_epoch(epoch: int) -> float:
             member.train()
             negatives = sample_negatives(
                 users, n_items, None, None, cfg.n_neg, generator, forbidden=forbidden
             )
+            if hard is not None:
+                negatives = mix_hard_negatives(
+                    users, negatives, hard, cfg.hard_negative_rate, generator
+                )
             order = torch.randperm(n_train, generator=generator)
             total = 0.0
             for start in range(0, n_train, cfg.batch_size):
                 batch = order[start : start + cfg.batch_size]
-                loss = member.bpr_loss(users[batch], items[batch], negatives[batch])
+                weights = None if train.weights is None else train.weights[batch]
+                loss = member.bpr_loss(
+                    users[batch], items[batch], negatives[batch], weights=weights
+                )
                 optimizer.zero_grad()
                 loss.backward()
                 optimizer.step()

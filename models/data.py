@@ -87,6 +87,7 @@ def split_block(
     seed: int,
     test_fraction: float = 0.1,
     with_test: bool = True,
+    weights: Tensor | None = None,
 ) -> BlockData:
     """The code's per-user random split of one block's interactions (ccd-method.md §1.2).
 
@@ -94,12 +95,13 @@ def split_block(
     the next n_test to valid, the rest to train. Valid/test items absent from the block's train
     items are dropped; a user whose valid or test list is then empty leaves both. With
     ``with_test=False`` (streaming) the would-be test part joins train and valid is kept
-    (filtered the same way).
+    (filtered the same way). ``weights`` (n,) follow their pairs into each part.
     """
     users_np, items_np = users.numpy().astype(np.int64), items.numpy().astype(np.int64)
     rng = np.random.default_rng(seed)
     order = np.lexsort((rng.random(len(users_np)), users_np))
     users_np, items_np = users_np[order], items_np[order]
+    weights_np = None if weights is None else weights.float().numpy()[order]
     _, starts, counts = np.unique(users_np, return_index=True, return_counts=True)
     position = np.arange(len(users_np)) - np.repeat(starts, counts)
     n_test = np.repeat(np.maximum(np.floor(test_fraction * counts).astype(np.int64), 1), counts)
@@ -120,7 +122,10 @@ def split_block(
     is_test &= keep
 
     def part(mask: np.ndarray) -> Interactions:
-        return Interactions(torch.from_numpy(users_np[mask]), torch.from_numpy(items_np[mask]))
+        part_weights = None if weights_np is None else torch.from_numpy(weights_np[mask])
+        return Interactions(
+            torch.from_numpy(users_np[mask]), torch.from_numpy(items_np[mask]), part_weights
+        )
 
     return BlockData(index, n_users, n_items, part(is_train), part(is_valid), part(is_test))
 

@@ -45,12 +45,30 @@ def member_scorer(member: Any) -> SizedScorer:
 
 
 def merge_interactions(parts: Sequence[Interactions]) -> Interactions:
+    """``parts`` one after the other; weights (ones where a part has none) only if some part
+    has them."""
     parts = [p for p in parts if len(p)]
     if not parts:
         return Interactions.empty()
+    weights = None
+    if any(p.weights is not None for p in parts):
+        weights = torch.cat([p.weight_values() for p in parts])
     return Interactions(
-        torch.cat([p.users.long() for p in parts]), torch.cat([p.items.long() for p in parts])
+        torch.cat([p.users.long() for p in parts]),
+        torch.cat([p.items.long() for p in parts]),
+        weights,
     )
+
+
+def union_pairs(parts: list[Interactions], n_items: int) -> Interactions:
+    """The distinct (user, item) pairs of ``parts`` (item ids < ``n_items``), sorted by user; a
+    pair listed several times keeps its largest weight (weights only where ``parts`` have any)."""
+    merged = merge_interactions(parts)
+    keys, slot = torch.unique(merged.users * n_items + merged.items, return_inverse=True)
+    weights = None
+    if merged.weights is not None:
+        weights = torch.zeros(len(keys)).scatter_reduce(0, slot, merged.weights, "amax")
+    return Interactions(keys // n_items, keys % n_items, weights)
 
 
 def exclusion_csr(exclude: Sequence[Interactions]) -> CSR | None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from models.data import CSR
+from models.api import BlockData
+from models.data import CSR, user_item_lists
 
 
 def forbidden_keys(n_items: int, positives_csr: CSR | None, exclusion: Tensor | None) -> Tensor:
@@ -67,3 +68,46 @@ def sample_negatives(
         negatives[redo] = torch.randint(0, n_items, (n_redo,), generator=generator)
         redo = _is_forbidden(user_keys + negatives, forbidden)
     return negatives
+
+
+def mix_hard_negatives(
+    users: Tensor,
+    negatives: Tensor,
+    hard: CSR,
+    rate: float,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """``negatives`` (n, m) with the first column replaced, with probability ``rate``, by one of
+    the user's explicit negatives (a dislike, an impression without a click) where the user
+    has any: the pairs the user told us about are harder and surer than uniform draws.
+
+    Args:
+        users: (n,) user ids, one per row of ``negatives``.
+        hard: ``(indptr, indices)`` of each user's explicit negatives (users beyond it: none).
+
+    >>> hard = (torch.tensor([0, 0, 2]), torch.tensor([7, 9]))  # user 1 dislikes 7 and 9
+    >>> out = mix_hard_negatives(torch.tensor([0, 1]), torch.tensor([[3], [4]]), hard, 1.0)
+    >>> out[0].item(), out[1].item() in (7, 9)
+    (3, True)
+    """
+    indptr, indices = hard
+    n_rows = indptr.numel() - 1
+    known = users.long().clamp(max=max(n_rows - 1, 0))
+    counts = torch.where(users.long() < n_rows, indptr[known + 1] - indptr[known], 0)
+    draw = torch.rand(users.numel(), generator=generator)
+    chosen = (counts > 0) & (draw < rate)
+    if not bool(chosen.any()):
+        return negatives
+    pick = torch.rand(users.numel(), generator=generator)
+    slot = indptr[known] + (pick * counts).long().clamp(max=(counts - 1).clamp(min=0))
+    out = negatives.clone()
+    column = out[:, 0] if out.dim() == 2 else out
+    column[chosen] = indices[slot[chosen]].to(out.dtype)
+    return out
+
+
+def explicit_negatives(block: BlockData) -> CSR | None:
+    """``block.negatives`` as per-user lists (``mix_hard_negatives``'s ``hard``), or None."""
+    if len(block.negatives) == 0:
+        return None
+    return user_item_lists(block.negatives, block.n_users)

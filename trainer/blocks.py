@@ -51,6 +51,7 @@ class OpenBlock:
     clock: Callable[[], float] = time.monotonic
     users: list[int] = field(default_factory=list)
     items: list[int] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)  # CCD_EVENT_WEIGHTS of each event
     first_timestamp: float = float("inf")
     last_timestamp: float = float("-inf")
     spans: dict[int, list[int]] = field(default_factory=dict)  # partition: [first, last]
@@ -71,12 +72,16 @@ class OpenBlock:
         """Drop the positions read so far (they were committed with no event to keep)."""
         self.spans.clear()
 
-    def add_event(self, user: int, item: int, timestamp: float, key_hash: int = 0) -> None:
-        """Add one event; ``key_hash`` is its ``dedup_hash`` (summed into ``key_digest``)."""
+    def add_event(
+        self, user: int, item: int, timestamp: float, key_hash: int = 0, weight: float = 1.0
+    ) -> None:
+        """Add one event; ``key_hash`` is its ``dedup_hash`` (summed into ``key_digest``),
+        ``weight`` its learning weight (``contracts.events.EventWeights``)."""
         if self.opened_at is None:
             self.opened_at = self.clock()
         self.users.append(user)
         self.items.append(item)
+        self.weights.append(weight)
         self.first_timestamp = min(self.first_timestamp, timestamp)
         self.last_timestamp = max(self.last_timestamp, timestamp)
         self.key_digest = (self.key_digest + key_hash) % DIGEST_MODULUS

@@ -48,6 +48,7 @@ from trainer.blocks import BlockPolicy, DedupWindow, OpenBlock, dedup_hash
 from trainer.checkpoint import load_latest_checkpoint, save_checkpoint
 from trainer.device import learner_device, resolve_device
 from trainer.faults import CrashPlan
+from trainer.feedback import typed_pairs
 from trainer.ids import IdMap
 from trainer.lease import LeaseLost, WriterLease, open_lease
 
@@ -324,7 +325,8 @@ class Trainer:
             self.stats.duplicates += 1
             return
         user, item = self.users.add(event.user_id), self.items.add(event.item_id)
-        self.block.add_event(user, item, event.timestamp, key)
+        weight = self.settings.weights_of_events.of(event.type, event.weight)
+        self.block.add_event(user, item, event.timestamp, key, weight)
         self.stats.events_consumed += 1
         if len(self.block) == max(1, self.block.size_limit() // 2):
             self.crash.hit("filling", self.block.index)
@@ -407,7 +409,8 @@ class Trainer:
             )
         users = np.asarray(block.users, dtype=np.int64)
         items = np.asarray(block.items, dtype=np.int64)
-        pairs = np.unique(pair_keys(users, items))  # repeats within a block count once
+        feedback = typed_pairs(pair_keys(users, items), np.asarray(block.weights, np.float32))
+        pairs = feedback.positives  # repeats within a block count once
         data = split_block(
             torch.from_numpy(pairs >> _PAIR_SHIFT),
             torch.from_numpy(pairs & ((1 << _PAIR_SHIFT) - 1)),
@@ -416,7 +419,9 @@ class Trainer:
             block.index,
             seed=self.settings.seed + block.index,
             with_test=False,
+            weights=feedback.positive_weights,
         )
+        data.negatives = _pairs_to_interactions(feedback.negatives, feedback.negative_weights)
         tick = time.perf_counter()
         metrics = self._prequential(pairs, block.index)
         seconds["evaluate"] = time.perf_counter() - tick
@@ -433,7 +438,7 @@ class Trainer:
         self.item_counts = np.concatenate(
             [self.item_counts, np.zeros(len(self.items) - len(self.item_counts), np.int64)]
         )
-        np.add.at(self.item_counts, items, 1)
+        np.add.at(self.item_counts, items[feedback.is_positive_event], 1)
         self.seen = insert_sorted(self.seen, pairs)
         for partition, offset in next_offsets(block.last_records()).items():
             self.applied_offsets[partition] = max(self.applied_offsets.get(partition, 0), offset)
@@ -712,9 +717,11 @@ def _id_map(stored: bytes | list[str]) -> IdMap:
     return IdMap.from_json(stored) if isinstance(stored, bytes) else IdMap(stored)
 
 
-def _pairs_to_interactions(keys: np.ndarray) -> Interactions:
+def _pairs_to_interactions(keys: np.ndarray, weights: np.ndarray | None = None) -> Interactions:
     return Interactions(
-        torch.from_numpy(keys >> _PAIR_SHIFT), torch.from_numpy(keys & ((1 << _PAIR_SHIFT) - 1))
+        torch.from_numpy(keys >> _PAIR_SHIFT),
+        torch.from_numpy(keys & ((1 << _PAIR_SHIFT) - 1)),
+        None if weights is None else torch.from_numpy(weights),
     )
 
 

@@ -99,6 +99,9 @@ class CCDConfig:
         40, "top-k items of each past-knowledge model kept out of negative sampling (§3.2)"
     )
     seed: int = setting(0, "base seed of every random draw of the learner")
+    hard_negative_rate: float = setting(
+        0.5, "chance that a BPR negative is one of the user's explicit negatives, where any"
+    )
     chunk: int = setting(1024, "users scored at a time for top-k lists and graphs (memory only)")
     # --- Stage 1: KD (§3.3) --------------------------------------------------------------------
     kd_epochs: int = setting(10, "epoch limit of Stage 1 (distillation of the student)")

@@ -42,7 +42,7 @@ from models.ccd.stage3_teacher import (
 )
 from models.data import user_item_lists
 from models.members import IALS, Member, build_member
-from models.metrics import SizedScorer, member_scorer, merge_interactions
+from models.metrics import SizedScorer, member_scorer, union_pairs
 from models.proxies import update_proxy
 from models.replay import concat_lists, top_items_padded
 from models.training import FitResult
@@ -87,6 +87,7 @@ def block_state(block: BlockData) -> dict[str, Any]:
         "train": block.train.state_dict(),
         "valid": block.valid.state_dict(),
         "test": block.test.state_dict(),
+        "negatives": block.negatives.state_dict(),
     }
 
 
@@ -98,6 +99,7 @@ def block_from_state(state: dict[str, Any]) -> BlockData:
         Interactions.from_state(state["train"]),
         Interactions.from_state(state["valid"]),
         Interactions.from_state(state["test"]),
+        Interactions.from_state(state.get("negatives") or Interactions.empty().state_dict()),
     )
 
 
@@ -154,13 +156,6 @@ def bootstrap(
     return teachers, kd, BlockReport(times, info)
 
 
-def union_pairs(parts: list[Interactions], n_items: int) -> Interactions:
-    """The distinct (user, item) pairs of ``parts`` (item ids < ``n_items``), sorted by user."""
-    merged = merge_interactions(parts)
-    keys = torch.unique(merged.users * n_items + merged.items)
-    return Interactions(keys // n_items, keys % n_items)
-
-
 def distill_block(window: BlockData, history: Interactions, cfg: CCDConfig) -> BlockData:
     """The data Stage 1 distils on: the teacher's window, or every train pair so far."""
     if cfg.distill_data == "window":
@@ -202,6 +197,7 @@ class CCDLearner:
         self.proxies_blended = False  # the proxies went through at least one EMA update
         self.prev_train = Interactions.empty()
         self.history = Interactions.empty()  # every distinct train pair so far
+        self.negatives = Interactions.empty()  # every distinct explicit negative pair so far
         self.blocks_seen = 0
         self.teacher_updates = 0
 
@@ -211,6 +207,8 @@ class CCDLearner:
         seed = cfg.seed * 100_003 + self.blocks_seen * 101
         if cfg.keeps_history:
             self.history = union_pairs([self.history, block.train], block.n_items)
+        if len(block.negatives) or len(self.negatives):
+            self.negatives = union_pairs([self.negatives, block.negatives], block.n_items)
         # Components drawing from torch's global RNG (Mult-VAE noise) get a per-block seed
         # without disturbing the caller's RNG state.
         with torch.random.fork_rng(devices=[]):
@@ -330,7 +328,13 @@ class CCDLearner:
         if any(not isinstance(m, IALS) for m in self.teachers):
             old = OldStructure.build(self.teacher_window, n_users, window.n_items, cfg)
         ctx = TeacherContext(
-            TeacherWindow.of(window), old, self.teacher_window, sources, exclusion, self.history
+            TeacherWindow.of(window),
+            old,
+            self.teacher_window,
+            sources,
+            exclusion,
+            self.history,
+            self.negatives,
         )
         times["teacher_graphs"] = time.perf_counter() - started
         scores = {}
@@ -392,6 +396,7 @@ class CCDLearner:
             "pending": [block_state(b) for b in self.pending],
             "prev_train": self.prev_train.state_dict(),
             "history": self.history.state_dict(),
+            "negatives": self.negatives.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -418,3 +423,7 @@ class CCDLearner:
         # Checkpoints written before the field ran settings that do not read it.
         history = state.get("history")
         self.history = Interactions.empty() if history is None else Interactions.from_state(history)
+        negatives = state.get("negatives")
+        self.negatives = (
+            Interactions.empty() if negatives is None else Interactions.from_state(negatives)
+        )

@@ -17,7 +17,7 @@ from torch import Tensor
 from models.api import BlockData, Interactions
 from models.ccd.config import CCDConfig
 from models.ccd.stage1_distill import validation_recall
-from models.data import user_item_lists
+from models.data import CSR, user_item_lists
 from models.entity_init import grow_member
 from models.losses import annealed_weight, replay_bce_loss
 from models.members import Member
@@ -32,7 +32,7 @@ from models.replay import (
     replay_candidates,
     top_items_padded,
 )
-from models.sampling import forbidden_keys, sample_negatives
+from models.sampling import explicit_negatives, forbidden_keys, mix_hard_negatives, sample_negatives
 from models.training import FitResult, adam, fit
 
 
@@ -55,22 +55,30 @@ def bpr_and_replay_epoch(
     replay_weight: float,
     generator: torch.Generator,
     extra_loss=None,
+    hard: CSR | None = None,
+    hard_rate: float = 0.0,
 ) -> float:
-    """One epoch of Stages 2/3: BPR minibatches (SUM loss, plus ``extra_loss(users, pos,
-    layers)`` if given, ``layers`` = the step's ``member.layer_embeddings()``), then the shuffled
-    replay set with ``replay_weight`` x SUM of BCE-with-logits."""
+    """One epoch of Stages 2/3: BPR minibatches (SUM loss weighted by ``train.weights`` if
+    any, plus ``extra_loss(users, pos, layers)`` if given, ``layers`` = the step's
+    ``member.layer_embeddings()``), then the shuffled replay set with ``replay_weight`` x SUM of
+    BCE-with-logits. ``hard``: each user's explicit negatives, mixed into the BPR negatives at
+    ``hard_rate``."""
     member.train()
     users, items = train.users.long(), train.items.long()
     negatives = sample_negatives(
         users, member.n_items, None, None, n_neg, generator, forbidden=forbidden
     )
+    if hard is not None:
+        negatives = mix_hard_negatives(users, negatives, hard, hard_rate, generator)
+    weights = train.weights
     total = 0.0
     for batch in torch.randperm(len(users), generator=generator).split(batch_size):
+        w = None if weights is None else weights[batch]
         if extra_loss is None:
-            loss = member.bpr_loss(users[batch], items[batch], negatives[batch])
+            loss = member.bpr_loss(users[batch], items[batch], negatives[batch], weights=w)
         else:  # one propagation for both losses
             layers, final = member.layers_and_final()
-            loss = member.bpr_loss(users[batch], items[batch], negatives[batch], final)
+            loss = member.bpr_loss(users[batch], items[batch], negatives[batch], final, w)
             loss = loss + extra_loss(users[batch], items[batch], layers)
         optimizer.zero_grad()
         loss.backward()
@@ -188,6 +196,8 @@ def update_student(
             replay["set"],
             weight,
             gen,
+            hard=explicit_negatives(block),
+            hard_rate=cfg.hard_negative_rate,
         )
 
     result = fit(

@@ -43,9 +43,14 @@ from models.losses import (
     retention_kl,
 )
 from models.members import IALS, IALSParams, Member, MultVAE
-from models.metrics import SizedScorer, merge_interactions
+from models.metrics import SizedScorer, union_pairs
 from models.replay import ReplaySet, capped_chunk, pool_max, sample_replay
-from models.sampling import forbidden_keys, sample_negatives
+from models.sampling import (
+    explicit_negatives,
+    forbidden_keys,
+    mix_hard_negatives,
+    sample_negatives,
+)
 from models.training import FitResult, adam, fit
 
 
@@ -213,6 +218,8 @@ class TeacherContext:
     exclusion: Tensor | None
     # Every train pair so far (iALS refits, "all" graphs); None or empty when not kept.
     history: Interactions | None = None
+    # Every explicit negative pair so far (iALS refits take them as negative confidence).
+    negatives: Interactions | None = None
 
     def graph(self, cfg: CCDConfig) -> Interactions:
         """The interactions LightGCN members propagate over (``cfg.teacher_graph``)."""
@@ -385,6 +392,8 @@ def update_member(
             weight,
             gen,
             loss,
+            hard=explicit_negatives(window),
+            hard_rate=cfg.hard_negative_rate,
         )
 
     result = fit(
@@ -437,20 +446,28 @@ def _update_ials(
             ials_params(cfg),
             seed=seed,
             warm_start=True,
+            negatives=window.negatives,
         )
         return _closed_form_result(member, window)
     data = ctx.history if ctx.history is not None and len(ctx.history) else window.train
-    weights = None
+    negatives = ctx.negatives if ctx.negatives is not None else window.negatives
+    weights = data.weights
     if cfg.ials_replay_weight > 0 and ctx.sources:
         replay = draw_teacher_replay(member, ctx, cfg, gen)
+        weights = torch.cat([data.weight_values(), cfg.ials_replay_weight * replay.labels.float()])
         data = Interactions(
             torch.cat([data.users.long(), replay.users]),
             torch.cat([data.items.long(), replay.items]),
         )
-        weights = torch.cat(
-            [torch.ones(len(data) - len(replay)), cfg.ials_replay_weight * replay.labels.float()]
-        )
-    member.fit(data, window.n_users, window.n_items, ials_params(cfg), weights, seed=seed)
+    member.fit(
+        data,
+        window.n_users,
+        window.n_items,
+        ials_params(cfg),
+        weights,
+        seed=seed,
+        negatives=negatives,
+    )
     return _closed_form_result(member, window)
 
 
@@ -583,13 +600,21 @@ def train_base_member(member: Member, block: BlockData, cfg: CCDConfig, seed: in
     """D_0 training of one teacher member (``Base_teacher.py``): BPR with 2 negatives (SUM),
     batch 512, or the annealed VAE loss; validation every epoch, patience 10."""
     if isinstance(member, IALS):
-        member.fit(block.train, block.n_users, block.n_items, ials_params(cfg), seed=seed)
+        member.fit(
+            block.train,
+            block.n_users,
+            block.n_items,
+            ials_params(cfg),
+            seed=seed,
+            negatives=block.negatives,
+        )
         return _closed_form_result(member, block)
     gen = torch.Generator().manual_seed(seed)
     member.set_graph(block.train)
     optimizer = adam(member.parameters(), cfg.base_lr, cfg.weight_decay)
     users, items = block.train.users.long(), block.train.items.long()
     forbidden = forbidden_keys(member.n_items, user_item_lists(block.train, member.n_users), None)
+    hard = explicit_negatives(block)
 
     def step(loss: Tensor) -> float:
         optimizer.zero_grad()
@@ -607,8 +632,18 @@ def train_base_member(member: Member, block: BlockData, cfg: CCDConfig, seed: in
         negatives = sample_negatives(
             users, member.n_items, None, None, cfg.base_n_neg, gen, forbidden=forbidden
         )
+        if hard is not None:
+            negatives = mix_hard_negatives(users, negatives, hard, cfg.hard_negative_rate, gen)
+        weights = block.train.weights
         return sum(
-            step(member.bpr_loss(users[b], items[b], negatives[b]))
+            step(
+                member.bpr_loss(
+                    users[b],
+                    items[b],
+                    negatives[b],
+                    weights=None if weights is None else weights[b],
+                )
+            )
             for b in torch.randperm(len(users), generator=gen).split(cfg.base_batch)
         )
 
@@ -629,11 +664,10 @@ def merge_windows(parts: list[BlockData]) -> BlockData:
     """One window of several blocks: union of the train splits (duplicates dropped), the last
     block's valid/test and sizes."""
     last = parts[-1]
-    train = merge_interactions([p.train for p in parts])
-    if len(train):
-        stride = last.n_items
-        keys = torch.unique(train.users * stride + train.items)
-        train = Interactions(keys // stride, keys % stride)
     if len(parts) == 1:
-        train = last.train
-    return BlockData(last.index, last.n_users, last.n_items, train, last.valid, last.test)
+        return last
+    train = union_pairs([p.train for p in parts], last.n_items)
+    negatives = union_pairs([p.negatives for p in parts], last.n_items)
+    return BlockData(
+        last.index, last.n_users, last.n_items, train, last.valid, last.test, negatives
+    )

@@ -133,22 +133,27 @@ class Member(nn.Module):
         pos: Tensor,
         neg: Tensor,
         final: tuple[Tensor, Tensor] | None = None,
+        weights: Tensor | None = None,
     ) -> Tensor:
-        """BPR loss, SUM over the batch: -sum log sigmoid(s_up - s_un).
+        """BPR loss, SUM over the batch: -sum w_up log sigmoid(s_up - s_un).
 
         Args:
             users, pos: (n,) ids.
             neg: (n,) or (n, m) negative item ids (m negatives per positive).
             final: this step's ``embeddings()`` if already computed (saves a propagation).
+            weights: (n,) per-positive weights (typed events); None = all 1.
         """
         user_emb, item_emb = self.embeddings() if final is None else final
         u = user_emb[users]
         pos_scores = (u * item_emb[pos]).sum(-1)
         if neg.dim() == 1:
-            neg_scores = (u * item_emb[neg]).sum(-1)
-            return -F.logsigmoid(pos_scores - neg_scores).sum()
-        neg_scores = torch.einsum("nd,nmd->nm", u, item_emb[neg])
-        return -F.logsigmoid(pos_scores.unsqueeze(1) - neg_scores).sum()
+            losses = -F.logsigmoid(pos_scores - (u * item_emb[neg]).sum(-1))
+        else:
+            neg_scores = torch.einsum("nd,nmd->nm", u, item_emb[neg])
+            losses = -F.logsigmoid(pos_scores.unsqueeze(1) - neg_scores)
+        if weights is None:
+            return losses.sum()
+        return (losses * weights.view(-1, *([1] * (losses.dim() - 1)))).sum()
 
     # -- growth and export -------------------------------------------------------------------
     def grow(

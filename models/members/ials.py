@@ -32,13 +32,32 @@ class IALSParams:
 
 
 def confidence_matrix(
-    inter: Interactions, n_users: int, n_items: int, weights: torch.Tensor | None = None
+    inter: Interactions,
+    n_users: int,
+    n_items: int,
+    weights: torch.Tensor | None = None,
+    negatives: Interactions | None = None,
 ) -> csr_matrix:
     """(n_users, n_items) float32 CSR of the distinct pairs; a pair listed several times keeps its
-    largest weight (1 when ``weights`` is None)."""
+    largest weight (``weights``, else the pairs' own, else 1). ``negatives`` (weights = how
+    strongly) enter as -weight, which the solver reads as preference 0 with that confidence; a
+    pair that is also positive stays positive.
+
+    >>> t = torch.tensor
+    >>> pairs = Interactions(t([0, 0, 1]), t([1, 1, 0]), t([1.0, 4.0, 2.0]))
+    >>> dislike = Interactions(t([1, 0]), t([1, 1]), t([3.0, 3.0]))
+    >>> confidence_matrix(pairs, 2, 2, negatives=dislike).toarray().tolist()
+    [[0.0, 4.0], [2.0, -3.0]]
+    """
+    if weights is None and inter.weights is not None:
+        weights = inter.weights
     users = inter.users.long().numpy()
     items = inter.items.long().numpy()
     values = np.ones(len(users), np.float32) if weights is None else weights.float().numpy()
+    if negatives is not None and len(negatives):
+        users = np.concatenate([users, negatives.users.long().numpy()])
+        items = np.concatenate([items, negatives.items.long().numpy()])
+        values = np.concatenate([values, -negatives.weight_values().abs().numpy()])
     keys = users * n_items + items
     order = np.lexsort((-values, keys))  # per key, the largest weight first
     keys, values = keys[order], values[order]
@@ -70,9 +89,11 @@ class IALS(Member):
         weights: torch.Tensor | None = None,
         seed: int = 0,
         warm_start: bool = False,
+        negatives: Interactions | None = None,
     ) -> None:
-        """Fit on ``inter`` (one row per pair, optional per-pair ``weights``) over an
-        ``n_users`` x ``n_items`` id space; the tables are replaced by the new factors.
+        """Fit on ``inter`` (one row per pair, optional per-pair ``weights``; default the pairs'
+        own) and explicit ``negatives`` over an ``n_users`` x ``n_items`` id space; the tables
+        are replaced by the new factors.
 
         From scratch by default; ``warm_start`` starts the sweeps from the current tables
         (which must already have the target sizes): the closed-form analogue of fine-tuning.
@@ -81,7 +102,7 @@ class IALS(Member):
         from implicit.cpu.als import AlternatingLeastSquares
         from threadpoolctl import threadpool_limits
 
-        matrix = confidence_matrix(inter, n_users, n_items, weights)
+        matrix = confidence_matrix(inter, n_users, n_items, weights, negatives)
         # The solver parallelises over users itself; a multi-threaded BLAS inside it thrashes
         # (the library warns at construction otherwise).
         with threadpool_limits(1, "blas"):

@@ -141,6 +141,7 @@ class MultVAE(Member):
         pos: Tensor,
         neg: Tensor,
         final: tuple[Tensor, Tensor] | None = None,
+        weights: Tensor | None = None,
     ) -> Tensor:
         raise NotImplementedError("MultVAE trains with vae_loss")
 

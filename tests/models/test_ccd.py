@@ -11,7 +11,7 @@ import torch
 from experiments.distilled_baselines import FrozenStudentLearner, TeacherFineTuneLearner
 from models.api import BlockData, Interactions
 from models.ccd import CCDConfig, CCDLearner
-from models.ccd.learner import distill_block, union_pairs
+from models.ccd.learner import distill_block
 from models.ccd.stage3_teacher import (
     ContinualLoss,
     OldStructure,
@@ -25,7 +25,7 @@ from models.ccd.stage3_teacher import (
 )
 from models.data import user_item_lists
 from models.members import build_member
-from models.metrics import ranking_metrics
+from models.metrics import ranking_metrics, union_pairs
 from tests.models.helpers import N_BLOCKS, held_out_recall, synthetic_stream
 from tests.models.test_ensemble import direct_rank_ensemble
 
