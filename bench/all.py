@@ -30,9 +30,10 @@ QUICK = {
     "--scale 0.02 --publishes 2 --publish-gap 0.2",
     "swap": "--scale 0.02 --seconds 2 --swap-every 0.5 --warmup 1",
     "learners": "--blocks 1 --base-events 600 --block-events 300 --users 80 --items 60",
+    "filters": "--scale 0.02 --rounds 50",
 }
 USAGE = (
-    "usage: ccd bench {serving,ingest,update,freshness,swap,learners,all,report,profile} "
+    "usage: ccd bench {serving,ingest,update,freshness,swap,learners,filters,all,report,profile} "
     "[options]\n"
     "  ccd bench NAME --help   lists the options of one benchmark"
 )
