@@ -232,7 +232,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if error.title != "Settings":
             raise
         for problem in error.errors():
-            name = "CCD_" + str(problem["loc"][0]).upper() if problem["loc"] else "a setting"
+            if not problem["loc"]:  # a rule between fields: its message names the variables
+                print(f"ccd: invalid settings: {problem['msg']}", file=sys.stderr)
+                continue
+            name = "CCD_" + str(problem["loc"][0]).upper()
             value = str(problem.get("input"))[:80]
             print(f"ccd: invalid {name}={value!r}: {problem['msg']}", file=sys.stderr)
         return 2

@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.events import DEFAULT_EVENT_WEIGHTS, EventWeights
@@ -185,6 +185,27 @@ class Settings(BaseSettings):
     @cached_property
     def weights_of_events(self) -> EventWeights:
         return EventWeights.parse(self.event_weights)
+
+    @model_validator(mode="after")
+    def _check_rules_between_fields(self) -> Settings:
+        """Rules between fields, refused at start-up naming the ``CCD_*`` variables, rather than
+        a warning at every later block: a block size above the cap closes every block early,
+        and a first publish retry above the longest one never backs off."""
+        problems = []
+        if self.block_size > self.max_block_events:
+            problems.append(
+                f"CCD_BLOCK_SIZE={self.block_size} is above CCD_MAX_BLOCK_EVENTS="
+                f"{self.max_block_events}: every block would close early at the cap"
+            )
+        if self.publish_retry_initial_s > self.publish_retry_max_s:
+            problems.append(
+                f"CCD_PUBLISH_RETRY_INITIAL_S={self.publish_retry_initial_s} is above "
+                f"CCD_PUBLISH_RETRY_MAX_S={self.publish_retry_max_s}: the first wait would be "
+                "longer than the longest"
+            )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @property
     def uses_kafka(self) -> bool:

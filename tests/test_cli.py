@@ -61,6 +61,23 @@ def test_a_bad_setting_is_one_line_naming_the_variable(command: list[str]) -> No
     ]
 
 
+def test_a_rule_between_settings_is_one_line_naming_both_variables() -> None:
+    env = {**os.environ, "CCD_BLOCK_SIZE": "300", "CCD_MAX_BLOCK_EVENTS": "200"}
+    done = subprocess.run(
+        [sys.executable, "-m", "ccd.cli", "train"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "ccd: invalid settings: Value error, CCD_BLOCK_SIZE=300 is above "
+        "CCD_MAX_BLOCK_EVENTS=200: every block would close early at the cap"
+    ]
+
+
 def test_replay_dispatches_its_own_options(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["replay", "--help"])  # --help goes to experiments.protocol's parser, not ours

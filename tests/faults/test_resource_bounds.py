@@ -150,7 +150,7 @@ def test_a_block_above_max_block_events_is_split_not_refused(tmp_path: Path) -> 
         data_dir=tmp_path,
         learner="bpr",
         base_block_size=500,
-        block_size=200,
+        block_size=150,  # above max_block_events the Settings refuse it (tests/contracts)
         block_interval_s=3600,
         max_block_events=150,
         torch_threads=1,
@@ -165,7 +165,7 @@ def test_a_block_above_max_block_events_is_split_not_refused(tmp_path: Path) -> 
     store = FileModelStore(settings.model_store_dir)
     metas = [store.load_meta(v) for v in store.versions()]
     ids = unique_in_order(events)
-    # Every block closes at 150 events: the base block of 500 and the blocks of 200 alike.
+    # Every block closes at 150 events: the base block of 500 is cut at the cap, the rest follows.
     assert [m["events"] for m in metas] == [150, 150, 150, 150]
     assert [m["event_digest"] for m in metas] == [
         digest(ids[start : start + 150]) for start in range(0, 600, 150)
