@@ -43,18 +43,21 @@ def test_no_subcommand_prints_help(capsys: pytest.CaptureFixture) -> None:
     assert "usage: ccd" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", [["train"], ["serve"]])
-def test_a_bad_setting_is_one_line_naming_the_variable(command: list[str]) -> None:
-    # A real process with the mistake in its environment, as an operator would make it.
-    env = {**os.environ, "CCD_LEARNER_VARIANT": "bogus"}
-    done = subprocess.run(
+def ccd_with_env(command: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    """A real ``ccd`` process with ``env`` added to its environment, as an operator sets it."""
+    return subprocess.run(
         [sys.executable, "-m", "ccd.cli", *command],
         cwd=REPO,
-        env=env,
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+@pytest.mark.parametrize("command", [["train"], ["serve"]])
+def test_a_bad_setting_is_one_line_naming_the_variable(command: list[str]) -> None:
+    done = ccd_with_env(command, CCD_LEARNER_VARIANT="bogus")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "ccd: invalid CCD_LEARNER_VARIANT='bogus': Input should be 'best' or 'paper'"
@@ -62,15 +65,7 @@ def test_a_bad_setting_is_one_line_naming_the_variable(command: list[str]) -> No
 
 
 def test_a_rule_between_settings_is_one_line_naming_both_variables() -> None:
-    env = {**os.environ, "CCD_BLOCK_SIZE": "300", "CCD_MAX_BLOCK_EVENTS": "200"}
-    done = subprocess.run(
-        [sys.executable, "-m", "ccd.cli", "train"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = ccd_with_env(["train"], CCD_BLOCK_SIZE="300", CCD_MAX_BLOCK_EVENTS="200")
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [
         "ccd: invalid settings: Value error, CCD_BLOCK_SIZE=300 is above "
