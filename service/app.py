@@ -127,6 +127,7 @@ def create_app(
         catalogue = CatalogueView(
             open_catalogue(settings), settings.catalogue_poll_s, lambda: holder.model
         )
+        holder.prepare = catalogue.prepare  # each new version's filter masks, before its swap
         recorder = _impression_recorder(settings, service_metrics, attribution)
 
         def observe(events: list[tuple[str, str, str | None]]) -> None:
@@ -148,8 +149,8 @@ def create_app(
         )
         app.state.service = state
         state.tailer.start()
+        state.catalogue.start()  # read before the first model, whose masks it feeds
         state.holder.start()
-        state.catalogue.start()
         state.impressions.start()
         try:
             yield

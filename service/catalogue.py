@@ -14,10 +14,13 @@ item index: availability as one (I,) bool mask, each category and each ``key:val
 bool mask (or, for one held by fewer than I/32 items, the sorted int32 indices: memory stays
 proportional to the memberships, at most 32 dense masks per average membership), and the items'
 added-times. ``options`` combines them with numpy into one eligibility mask per request; no
-Python loop over items runs on the request path. Masks are rebuilt off the request path after a
-catalogue change or a model swap; a request that finds them built for another model (a swap
-since) builds them itself first, so a request never pairs one version with another's masks.
-Building costs one pass over the catalogue's entries (~40 ms at 41k entries).
+Python loop over items runs on the request path. Masks are built off the request path: by the
+model holder's reload thread before it swaps a new version in (``prepare``), by the poll thread
+after other servers' writes, and by a write's own handler before it answers (``refresh_masks``).
+A request uses the newest masks of the very model it ranks with, so it never pairs one version
+with another's masks; it builds them itself only for a model nobody prepared. Building is one
+Python pass over the catalogue's entries: ~0.4 s at 41k entries with 3 categories and 2 labels
+each on a loaded 2-core machine (measured), which is why it stays off the request path.
 """
 
 from __future__ import annotations
@@ -249,7 +252,9 @@ class CatalogueView:
         self._generation = 0  # bumped by every change to the entries
         self._lock = threading.Lock()
         self._build_lock = threading.Lock()
-        self._masks: ItemMasks | None = None
+        # The newest masks of the served model, and of the model served before it (requests
+        # that started before a swap finish on it).
+        self._built: tuple[ItemMasks, ...] = ()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._outage = OutageLog(log, "catalogue store")
@@ -302,22 +307,36 @@ class CatalogueView:
         return bool(changes)
 
     def masks_for(self, model: ServingModel) -> ItemMasks:
-        """The masks of ``model`` and the current entries (built now if the cached ones are
-        for another model or an older state)."""
-        masks = self._masks
-        if masks is not None and masks.model is model and masks.generation == self._generation:
-            return masks
+        """The newest masks built for ``model``; built now only when there are none (a model
+        nobody ``prepare``-d). They follow the entries as ``refresh_masks`` rebuilds them: at
+        once after this server's own writes, within a poll after other servers' writes."""
+        for masks in self._built:
+            if masks.model is model:
+                return masks
+        return self.prepare(model)
+
+    def prepare(self, model: ServingModel) -> ItemMasks:
+        """Builds the masks of ``model`` from the current entries and keeps them, with the
+        newest of one other model (the model holder calls it before it swaps ``model`` in)."""
         with self._build_lock:
-            masks = self._masks
-            if masks is None or masks.model is not model or masks.generation != self._generation:
-                with self._lock:
-                    generation = self._generation
-                    entries = dict(self._entries)
-                    categories = frozenset(c for c, n in self._categories.items() if n > 0)
-                    labels = frozenset(pair for pair, n in self._labels.items() if n > 0)
-                masks = ItemMasks.build(model, entries, generation, categories, labels)
-                self._masks = masks
+            with self._lock:
+                generation = self._generation
+                entries = dict(self._entries)
+                categories = frozenset(c for c, n in self._categories.items() if n > 0)
+                labels = frozenset(pair for pair, n in self._labels.items() if n > 0)
+            masks = ItemMasks.build(model, entries, generation, categories, labels)
+            others = [m for m in self._built if m.model is not model][:1]
+            self._built = (masks, *others)
         return masks
+
+    def refresh_masks(self) -> None:
+        """Rebuilds the served model's masks if the entries changed since they were built."""
+        model = self._current_model()
+        if model is None:
+            return
+        newest = next((m for m in self._built if m.model is model), None)
+        if newest is None or newest.generation != self._generation:
+            self.prepare(model)
 
     def start(self) -> None:
         """Reads the catalogue once (an unreachable store is retried by the thread), then
@@ -329,9 +348,7 @@ class CatalogueView:
     def _poll(self) -> None:
         try:
             self.refresh()
-            model = self._current_model()
-            if model is not None:
-                self.masks_for(model)  # off the request path
+            self.refresh_masks()  # off the request path
         except Exception as error:
             if not is_outage(error):
                 log.exception("refreshing the catalogue failed")

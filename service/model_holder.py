@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import redis
 
@@ -37,8 +38,17 @@ def is_outage(error: Exception) -> bool:
 
 
 class ModelHolder:
-    def __init__(self, store: ModelStore, metrics: ServiceMetrics, poll_s: float) -> None:
+    def __init__(
+        self,
+        store: ModelStore,
+        metrics: ServiceMetrics,
+        poll_s: float,
+        prepare: Callable[[ServingModel], object] | None = None,
+    ) -> None:
+        """``prepare``: called with each new model before it is swapped in (the catalogue
+        builds its filter masks), in the reload thread."""
         self._store = store
+        self.prepare = prepare
         self._metrics = metrics
         self._poll_s = poll_s
         self._model: ServingModel | None = None
@@ -83,9 +93,20 @@ class ModelHolder:
         except Exception as error:
             self._store_failed(error, f"cannot load model version {version}")
             return False
+        self._prepare(model)
         self._model = model  # the atomic swap: in-flight requests keep their old reference
         self._record_swap(model)
         return True
+
+    def _prepare(self, model: ServingModel) -> None:
+        """Runs ``prepare`` on a model about to be served; a failure is logged, not fatal (a
+        request then builds what it needs itself)."""
+        if self.prepare is None:
+            return
+        try:
+            self.prepare(model)
+        except Exception:
+            log.exception("preparing model version %d for serving failed", model.version)
 
     def _store_failed(self, error: Exception, doing: str) -> None:
         """Count a failed store call; an outage is logged when it starts, a bug every time."""
@@ -109,6 +130,7 @@ class ModelHolder:
                 self._refused.add(version)
                 raise
             self._store.set_current(version)
+            self._prepare(model)
             self._model = model
             self._record_swap(model)
         return model

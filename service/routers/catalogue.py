@@ -63,12 +63,13 @@ def _record(item_id: str, entry: CatalogueEntry) -> ItemRecord:
 
 
 def _written(state: ServiceState, write: Callable[[], int], item_ids: list[str]) -> int:
-    """Runs a store write, then applies what it stored to this server's view; 503 when the
-    store cannot be reached."""
+    """Runs a store write, then applies what it stored to this server's view and rebuilds its
+    masks; 503 when the store cannot be reached."""
     store = state.catalogue.store
     try:
         version = write()
         state.catalogue.apply(store.get_many(item_ids))
+        state.catalogue.refresh_masks()  # in force here when the answer arrives
     except Exception as error:
         log.warning("catalogue write of %d items failed: %s", len(item_ids), error)
         raise HTTPException(

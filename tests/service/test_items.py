@@ -268,6 +268,9 @@ def test_hidden_items_never_appear_while_models_are_swapped(
                 assert not {"i2", "i3"} & set(got)
                 assert len(got) == 3
     wait_until(lambda: ready_client.get("/model").json()["version"] == 7)
+    state = ready_client.app.state.service  # type: ignore[attr-defined]
+    # the holder had the catalogue build each version's masks before swapping it in
+    assert state.catalogue._built[0].model is state.holder.model
 
 
 def test_metadata_survives_a_restart_of_the_embedded_server(
