@@ -36,6 +36,8 @@ options; `--out DIR` writes elsewhere).
 
 
 ANALYSIS = "analysis.md"  # hand-written, optional: reread the numbers before editing it
+# Figures that integration tests print (each with its command), copied by hand; optional.
+TEST_FIGURES = "test-figures.md"
 
 
 def load_results(out_dir: Path) -> dict[str, dict[str, Any]]:
@@ -106,6 +108,9 @@ def render_report(out_dir: Path) -> str:
     if analysis.exists():
         parts += ["## Analysis\n", analysis.read_text().strip() + "\n"]
     parts += [section(name, result) for name, result in results.items()]
+    figures = out_dir / TEST_FIGURES
+    if figures.exists():
+        parts.append(figures.read_text().strip() + "\n")
     return "\n".join(parts)
 
 

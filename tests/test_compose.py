@@ -118,13 +118,30 @@ def test_ccd_commands_parse_with_the_real_cli(
 def test_server_listens_where_its_port_and_health_check_point(services: dict[str, Any]) -> None:
     args = build_parser().parse_args(services["server"]["command"])
     assert args.host == "0.0.0.0"  # reachable from the other containers and the host
-    published = [str(mapping).split(":")[-1] for mapping in services["server"]["ports"]]
-    assert str(args.port) in published
+    assert [str(port) for port in services["server"]["expose"]] == [str(args.port)]
+    assert "ports" not in services["server"]  # its replicas are reached through the balancer
     check = healthcheck_command(services["server"])
     url = urlsplit(check[-1])
     assert (url.hostname, url.port) == ("127.0.0.1", args.port)
     # Alive, not ready: no model before the base block fills is not a reason to restart.
     assert url.path == "/health/live"
+
+
+def test_the_balancer_spreads_requests_over_every_ready_server_replica(
+    services: dict[str, Any],
+) -> None:
+    lb, server = services["lb"], services["server"]
+    assert lb["image"].split(":")[0] == "haproxy"  # the official image
+    config_mount = "./docker/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro"
+    assert lb["volumes"] == [config_mount]
+    assert [str(mapping) for mapping in lb["ports"]] == ["8000:8000"]
+    config = (REPO_ROOT / "docker" / "haproxy.cfg").read_text()
+    port = build_parser().parse_args(server["command"]).port
+    assert re.search(r"^\s*bind :8000$", config, re.MULTILINE)
+    slots = re.search(r"^\s*server-template \w+ (\d+) server:(\d+) ", config, re.MULTILINE)
+    assert slots is not None, "no server-template for the replicas of service server"
+    assert (int(slots.group(1)), int(slots.group(2))) == (server["deploy"]["replicas"], port)
+    assert "option httpchk GET /health/ready" in config  # only replicas with a model serve
 
 
 def test_the_base_block_is_one_a_first_test_can_fill(services: dict[str, Any]) -> None:
