@@ -19,8 +19,9 @@ from typing import Any, Literal
 import numpy as np
 
 from contracts.model_store import ModelSnapshot
+from service.fold_in import fold_in_vector
 
-Strategy = Literal["personalized", "popular"]
+Strategy = Literal["personalized", "fold_in", "popular"]
 
 # Upper bound on the (B, I) score matrix of one batch chunk, in float32 elements (64 MiB).
 _MAX_BATCH_SCORES = 16 * 1024 * 1024
@@ -154,7 +155,8 @@ class ServingModel:
 
     Shapes: ``user_vectors`` (U, d) contiguous, ``item_matrix`` (I, d) column-major float32,
     ``item_inv_norms`` (I,) (0 for zero vectors), ``popularity`` (I,), ``popular_order`` (I,)
-    item indices by decreasing popularity (ties by index).
+    item indices by decreasing popularity (ties by index), ``item_gramian`` (d, d) float64
+    = item_matrixᵀ item_matrix (fold-in of new users).
     """
 
     version: int
@@ -167,6 +169,7 @@ class ServingModel:
     item_inv_norms: np.ndarray
     popularity: np.ndarray
     popular_order: np.ndarray
+    item_gramian: np.ndarray
     loaded_at: float = field(default_factory=time.time)
 
     @classmethod
@@ -186,6 +189,7 @@ class ServingModel:
             item_inv_norms=inv_norms,
             popularity=popularity,
             popular_order=np.argsort(-popularity, kind="stable"),
+            item_gramian=item_matrix.T.astype(np.float64) @ item_matrix.astype(np.float64),
         )
 
     @property
@@ -229,15 +233,33 @@ class ServingModel:
         k: int,
         excludes: Sequence[Iterable[str]],
         options: RankOptions = PLAIN,
+        histories: Sequence[Iterable[str]] | None = None,
     ) -> list[Ranked]:
         """Like ``recommend`` for each user; known users are scored together, chunked so that
-        one (B, I) score matrix stays under ~64 MiB."""
+        one (B, I) score matrix stays under ~64 MiB. A user this version does not know is
+        folded in from their ``histories`` entry (the items the server saw them have;
+        ``service.fold_in``), or gets the popular items when none of those is in the model.
+
+        Examples:
+            >>> model = ServingModel.from_snapshot(ModelSnapshot(
+            ...     ["u"], ["a", "b", "c"], np.ones((1, 2)),
+            ...     np.array([[1.0, 0.0], [0.0, 1.0], [0.1, 0.9]]), np.array([5.0, 1.0, 0.0])))
+            >>> [r.item_ids + [r.strategy] for r in model.recommend_many(
+            ...     ["new", "newer"], 1, [["b"], []], histories=[["b"], []])]
+            [['c', 'fold_in'], ['a', 'popular']]
+        """
         excluded = [sorted(set(self.item_indices(items))) for items in excludes]
         results: list[Ranked | None] = [None] * len(user_ids)
         known: list[int] = []
         for position, user in enumerate(user_ids):
             if user in self.user_index:
                 known.append(position)
+                continue
+            history = self.item_indices(histories[position]) if histories else []
+            if history:
+                scores = self.item_matrix @ self.fold_in(history)
+                ranked = self._top_of_row(scores, k, excluded[position], options, "fold_in")
+                results[position] = ranked
             else:
                 results[position] = self._popular(k, excluded[position], options)
         chunk = max(1, _MAX_BATCH_SCORES // max(1, self.n_items))
@@ -275,10 +297,10 @@ class ServingModel:
             scores[excluded] = -np.inf
         depth = min(k, self.n_items - len(excluded))
         if depth <= 0:
-            return Ranked([], [], "personalized")
+            return Ranked([], [], strategy)
         top = top_indices(scores, depth)
         return Ranked(
-            [self.item_ids[item] for item in top.tolist()], scores[top].tolist(), "personalized"
+            [self.item_ids[item] for item in top.tolist()], scores[top].tolist(), strategy
         )
 
     def _top_of_eligible(
@@ -312,6 +334,11 @@ class ServingModel:
         return Ranked(
             [self.item_ids[item] for item in top.tolist()], scores[top].tolist(), strategy
         )
+
+    def fold_in(self, item_rows: list[int]) -> np.ndarray:
+        """(d,) float32 vector of a user this version does not know, from their item rows."""
+        vector = fold_in_vector(self.item_matrix, self.item_gramian, np.asarray(item_rows))
+        return vector.astype(np.float32)
 
     def score_users(self, user_rows: list[int]) -> np.ndarray:
         """Dot-product scores of the given users over the whole catalogue, (B, I) float32: a new

@@ -23,8 +23,9 @@ class Recommendations(BaseModel):
     user_id: str
     items: list[ScoredItem]
     model_version: int
-    strategy: Literal["personalized", "popular"] = Field(
-        description="'personalized' for users the model knows, 'popular' for the fallback"
+    strategy: Literal["personalized", "fold_in", "popular"] = Field(
+        description="'personalized' for users the model knows, 'fold_in' for a user it does "
+        "not know yet but whose events the server has seen, 'popular' for a user with none"
     )
     recommendation_id: str = Field(
         description="Identifies this answer; send it back as an event's recommendation_id"

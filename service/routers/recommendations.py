@@ -74,11 +74,9 @@ def _rank(
     metrics; returns (version, ranked lists)."""
     model = state.require_model()
     options = rank_options(state, model, item_filter, where)
-    excludes = [
-        state.seen.items_of(user) if exclude else ()
-        for user, exclude in zip(user_ids, exclude_seen, strict=True)
-    ]
-    ranked = model.recommend_many(user_ids, k, excludes, options)
+    seen = [state.seen.items_of(user) for user in user_ids]
+    excludes = [items if exclude else () for items, exclude in zip(seen, exclude_seen, strict=True)]
+    ranked = model.recommend_many(user_ids, k, excludes, options, histories=seen)
     for result in ranked:
         state.metrics.recommendations.labels(result.strategy).inc()
     return model.version, ranked

@@ -58,16 +58,32 @@ def test_events_appended_while_serving_are_excluded(
     wait_until(lambda: top_item() == "i1")
 
 
-def test_unknown_user_gets_popular_items_minus_own_events(ready_client: TestClient) -> None:
+def test_unknown_user_is_folded_in_from_its_first_event(ready_client: TestClient) -> None:
+    """No event: the popular items. After one event on i3 = (1, 1) the user is folded in
+    (service.fold_in, alpha 10, lambda 1 x trace / d over the five items): u = (0.2835,
+    0.4813), so i2 0.567 > i1 0.481 > i0 0.284 > i4 0.241, with i3 itself excluded at once."""
     body = ready_client.get("/recommendations/stranger", params={"k": 3}).json()
     assert body["strategy"] == "popular"
     assert ranking(body) == [("i0", 5.0), ("i3", 4.0), ("i2", 3.0)]
-    # Its own fresh event (posted through this server) is excluded at once.
     assert ready_client.post("/events", json={"user_id": "stranger", "item_id": "i3"}).json() == {
         "accepted": 1
     }
     body = ready_client.get("/recommendations/stranger", params={"k": 3}).json()
-    assert ranking(body) == [("i0", 5.0), ("i2", 3.0), ("i4", 2.0)]
+    assert body["strategy"] == "fold_in"
+    assert ranking(body) == [
+        ("i2", pytest.approx(0.5670, abs=1e-4)),
+        ("i1", pytest.approx(0.4813, abs=1e-4)),
+        ("i0", pytest.approx(0.2835, abs=1e-4)),
+    ]
+
+
+def test_events_only_on_items_the_model_lacks_leave_the_popular_items(
+    ready_client: TestClient,
+) -> None:
+    ready_client.post("/events", json={"user_id": "stranger", "item_id": "brand-new"})
+    body = ready_client.get("/recommendations/stranger", params={"k": 2}).json()
+    assert body["strategy"] == "popular"
+    assert ranking(body) == [("i0", 5.0), ("i3", 4.0)]
 
 
 def test_k_larger_than_the_unseen_catalogue_returns_what_is_left(
