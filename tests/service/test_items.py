@@ -302,3 +302,14 @@ def test_the_lane_takes_the_filters_it_can_vouch_for(settings: Settings) -> None
     assert taken(b"exclude=a&exclude=b&exclude=c") is None  # more than max_filter_ids
     assert taken(b"new_item_boost=inf") is None
     assert taken(b"k=1&k=2&categories=a") is None
+
+
+def test_an_unreachable_catalogue_store_is_a_503_and_nothing_is_acknowledged(
+    settings: Settings, event_log
+) -> None:
+    down = settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})  # nothing listens
+    with TestClient(create_app(down, event_log=event_log)) as client:
+        response = put(client, "i0", categories=["a"])
+        assert response.status_code == 503 and "Retry-After" in response.headers
+        assert client.delete("/items/i0").status_code == 503
+        assert client.put("/items", json=[{"item_id": "i0"}]).status_code == 503
