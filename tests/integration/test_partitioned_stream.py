@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 from kafka import KafkaAdminClient, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
 
 from contracts.event_log import KafkaEventLog
 from contracts.events import InteractionEvent
@@ -147,4 +149,39 @@ def test_a_restart_behind_retention_stops_naming_the_recovery(
     assert trainer.stop() == 0
     assert learned(store)[0] == 320  # the 150 deleted ones are not learned, nothing repeats
     assert checkpoint_offsets(settings) == end_offsets(settings)
+    store.close()
+
+
+def test_a_topic_recreated_with_fewer_partitions_is_refused(
+    service_settings: Settings, tmp_path: Path
+) -> None:
+    settings = partitioned(service_settings, tmp_path)
+    store = RedisModelStore(settings["redis_url"], settings["redis_prefix"])
+    produce(settings, make_events(200, "fewer-a", users=200))
+    trainer = TrainerProcess("trainer", settings, tmp_path / "trainer.log").start()
+    wait_for("the base block", lambda: learned(store)[0] >= 200, [trainer])
+    assert trainer.stop() == 0
+    assert set(checkpoint_offsets(settings)) == {0, 1, 2}
+
+    topic = settings["kafka_topic"]
+    admin = KafkaAdminClient(bootstrap_servers=settings["kafka_bootstrap_servers"])
+    admin.delete_topics([topic])
+    wait_for("the topic deleted", lambda: topic not in admin.list_topics())
+    recreated = False
+
+    def recreate() -> bool:
+        nonlocal recreated
+        try:  # the broker may still be removing the old one
+            admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+            recreated = True
+        except TopicAlreadyExistsError:
+            pass
+        return recreated
+
+    wait_for("the topic re-created with 1 partition", recreate)
+    admin.close()
+
+    assert trainer.start().wait_exit() == 2, trainer.tail()
+    assert trainer.count(r"holds positions in partitions \[1, 2\] of topic") == 1
+    assert trainer.count("Traceback") == 0
     store.close()
