@@ -59,7 +59,9 @@ class ItemMetadata(BaseModel):
         description="Label name -> value (a name holds no ':')",
         examples=[{"color": "red", "brand": "acme"}],
     )
-    available: bool = Field(True, description="Hidden items (false) are never recommended")
+    available: bool = Field(
+        True, description="Hidden items (false) are never recommended", examples=[True]
+    )
     timestamp: float | None = Field(
         None,
         allow_inf_nan=False,

@@ -36,9 +36,13 @@ class BatchRecommendationRequest(BaseModel):
     # strict: a JSON body must hold the types its schema names (no 0 for false, no "5" for 5).
     model_config = ConfigDict(strict=True)
 
-    user_ids: list[ExternalId] = Field(min_length=1, max_length=MAX_BATCH_USERS)
-    k: int = Field(20, ge=1, description="Items per user, 1..max_k")
-    exclude_seen: bool = True
+    user_ids: list[ExternalId] = Field(
+        min_length=1, max_length=MAX_BATCH_USERS, examples=[["u7", "u8"]]
+    )
+    k: int = Field(20, ge=1, description="Items per user, 1..max_k", examples=[10])
+    exclude_seen: bool = Field(
+        True, description="Leave out items each user already interacted with", examples=[True]
+    )
 
 
 class BatchRecommendations(BaseModel):

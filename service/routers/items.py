@@ -30,7 +30,9 @@ from service.state import State
 def build_router(settings: Settings) -> APIRouter:
     router = APIRouter(tags=["items"])
     default_k = min(20, settings.max_k)
-    k_query = Query(ge=1, le=settings.max_k, description=f"Items to return, 1..{settings.max_k}")
+    k_query = Query(
+        ge=1, le=settings.max_k, description=f"Items to return, 1..{settings.max_k}", examples=[10]
+    )
     filter_query = build_filter_query(settings)
 
     @router.get(
@@ -42,7 +44,7 @@ def build_router(settings: Settings) -> APIRouter:
     )
     def similar_items(
         state: State,
-        item_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH)],
+        item_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, examples=["i3"])],
         k: Annotated[int, k_query] = default_k,
         item_filter: Annotated[ItemFilter, Depends(filter_query)] = NO_FILTER,
     ) -> SimilarItems:

@@ -103,22 +103,28 @@ def _one_user_response(
 def build_router(settings: Settings) -> APIRouter:
     router = APIRouter(tags=["recommendations"])
     default_k = _default_k(settings.max_k)
-    k_query = Query(ge=1, le=settings.max_k, description=f"Items to return, 1..{settings.max_k}")
+    k_query = Query(
+        ge=1, le=settings.max_k, description=f"Items to return, 1..{settings.max_k}", examples=[10]
+    )
     # The batch body, with k bounded by this deployment's max_k.
     filter_query = build_filter_query(settings)
     batch_request = create_model(
         "BatchRecommendationRequest",
         __base__=(BatchRecommendationRequest, FilterFields),
-        k=(int, Field(default_k, ge=1, le=settings.max_k, description="Items per user")),
+        k=(
+            int,
+            Field(default_k, ge=1, le=settings.max_k, description="Items per user", examples=[10]),
+        ),
     )
 
     @router.get(ONE_USER_ROUTE, response_model=Recommendations, responses=_NO_MODEL)
     async def recommend(
         state: State,
-        user_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH)],
+        user_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, examples=["u7"])],
         k: Annotated[int, k_query] = default_k,
         exclude_seen: Annotated[
-            bool, Query(description="Leave out items the user already interacted with")
+            bool,
+            Query(description="Leave out items the user already interacted with", examples=[True]),
         ] = True,
         item_filter: Annotated[ItemFilter, Depends(filter_query)] = NO_FILTER,
     ) -> Response:
