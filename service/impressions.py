@@ -247,13 +247,14 @@ class ImpressionRecorder:
             self.flush()
         self.flush()
 
-    def flush(self) -> int:
+    def flush(self, max_batch: int | None = None) -> int:
         """Drains the buffer into the index and the store; returns how many impressions. Also
         called by the tailer before it attributes events (``service.app``), so that an event
         read right after its impression finds it; one flush at a time keeps the time order."""
         with self._flush_lock:
             batch = []
-            while self._buffer and len(batch) < self._max_buffered:
+            limit = self._max_buffered if max_batch is None else max_batch
+            while self._buffer and len(batch) < limit:
                 batch.append(self._buffer.popleft())
             if not batch:
                 return 0
