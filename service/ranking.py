@@ -312,8 +312,9 @@ class ServingModel:
         strategy: Strategy,
     ) -> Ranked:
         """The exact top-``k`` of the eligible, non-excluded items by (boosted) ``scores`` (I,),
-        which it may overwrite: the eligible indices are gathered first (``np.flatnonzero`` of
-        the combined mask), so 0.1 % eligible ranks 41 items, not 41k."""
+        which it may overwrite. When most items are eligible the others are set to -inf in
+        place; when few are, the eligible indices are gathered first (``np.flatnonzero`` of the
+        combined mask), so 0.1 % eligible ranks 41 items, not 41k."""
         if options.boost is not None:
             scores += options.boost
         if options.eligible is None:
@@ -321,13 +322,18 @@ class ServingModel:
         else:
             eligible = options.eligible.copy()
         eligible[excluded] = False
-        candidates = np.flatnonzero(eligible)  # ascending: ties still go to the lower index
-        pool_size = min(k, candidates.size)
+        count = int(np.count_nonzero(eligible))
+        pool_size = min(k, count)
         if options.diversity > 0:
-            pool_size = min(candidates.size, max(k * _MMR_POOL_FACTOR, _MMR_MIN_POOL))
+            pool_size = min(count, max(k * _MMR_POOL_FACTOR, _MMR_MIN_POOL))
         if pool_size <= 0:
             return Ranked([], [], strategy)
-        top = candidates[top_indices(scores[candidates], pool_size)]
+        if count * 2 > self.n_items:
+            scores[~eligible] = -np.inf
+            top = top_indices(scores, pool_size)
+        else:
+            candidates = np.flatnonzero(eligible)  # ascending: ties still go to the lower index
+            top = candidates[top_indices(scores[candidates], pool_size)]
         if options.diversity > 0:
             units = self.item_matrix[top] * self.item_inv_norms[top, None]
             top = top[mmr_order(scores[top], units, min(k, top.size), options.diversity)]
