@@ -667,8 +667,8 @@ class SqliteEventLog:
 
 class SqliteEventConsumer:
     """Embedded consumer side: reads messages after its group's committed offset. With
-    ``retention_s`` > 0, each commit deletes the messages below the committed offset that were
-    appended more than ``retention_s`` seconds ago (never one not yet committed)."""
+    ``retention_s`` > 0, each commit deletes the messages that every group has committed and
+    that were appended more than ``retention_s`` seconds ago (never one a group still needs)."""
 
     def __init__(self, path: Path, group_id: str, retention_s: float = 0.0) -> None:
         self._connection = _connect_sqlite(path)
@@ -720,16 +720,18 @@ class SqliteEventConsumer:
             self.trim(time.time() - self._retention_s)
 
     def trim(self, appended_before: float) -> int:
-        """Delete the messages below this group's committed offset appended before
-        ``appended_before`` (epoch seconds); returns how many. The scan stops at the first
-        message young enough (appends are nearly in time order), so it costs what it deletes."""
+        """Delete the messages appended before ``appended_before`` (epoch seconds) that every
+        consumer group of the log has committed (the trainer's, and any other's, such as an
+        indexer's); returns how many. The scan stops at the first message young enough (appends
+        are nearly in time order), so it costs what it deletes."""
         row = self._connection.execute(
             "SELECT seq FROM messages WHERE appended_at >= ? ORDER BY seq LIMIT 1",
             (appended_before,),
         ).fetchone()
-        below = (
-            self.committed_offset() if row is None else min(int(row[0]), self.committed_offset())
-        )
+        (slowest,) = self._connection.execute("SELECT MIN(next_offset) FROM committed").fetchone()
+        below = min(int(slowest or 1), self.committed_offset())
+        if row is not None:
+            below = min(below, int(row[0]))
         deleted = self._connection.execute("DELETE FROM messages WHERE seq < ?", (below,)).rowcount
         if deleted:
             log.info(

@@ -44,8 +44,9 @@ class Settings(BaseSettings):
     log_retention_s: float = Field(
         0.0,
         ge=0,
-        description="The embedded event log deletes events the trainer has committed once they "
-        "are this many seconds old; 0 = keep every event (what a server's seen-items replay reads)",
+        description="The embedded event log deletes events every consumer group (the trainer's "
+        "and any other) has committed once they are this many seconds old; 0 = keep every event "
+        "(what a server's seen-items replay reads)",
     )
 
     # --- model store --------------------------------------------------------------------------

@@ -170,3 +170,14 @@ def test_retention_zero_keeps_every_event(tmp_path: Path) -> None:
     consumer = open_consumer(settings)
     consumer.commit(consumer.poll(5, 0.1))
     assert len(SqliteEventConsumer(settings.event_log_path, group_id="other").poll(20, 0.1)) == 5
+
+
+def test_retention_keeps_what_any_consumer_group_has_not_committed(tmp_path: Path) -> None:
+    path = tmp_path / "log.sqlite"
+    SqliteEventLog(path).append(events(10))
+    _age(path, 3600)
+    slow = SqliteEventConsumer(path, group_id="indexer")
+    slow.commit(slow.poll(3, 0.1))  # this group is at offset 4
+    trainer = SqliteEventConsumer(path, group_id="trainer", retention_s=60)
+    trainer.commit(trainer.poll(10, 0.1))
+    assert [r.offset for r in slow.poll(20, 0.1)] == [*range(4, 11)]  # 1..3 went, 4.. stayed
