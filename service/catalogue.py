@@ -319,24 +319,34 @@ class CatalogueView:
         """Builds the masks of ``model`` from the current entries and keeps them, with the
         newest of one other model (the model holder calls it before it swaps ``model`` in)."""
         with self._build_lock:
-            with self._lock:
-                generation = self._generation
-                entries = dict(self._entries)
-                categories = frozenset(c for c, n in self._categories.items() if n > 0)
-                labels = frozenset(pair for pair, n in self._labels.items() if n > 0)
-            masks = ItemMasks.build(model, entries, generation, categories, labels)
-            others = [m for m in self._built if m.model is not model][:1]
-            self._built = (masks, *others)
+            return self._build(model)
+
+    def _build(self, model: ServingModel) -> ItemMasks:
+        """``prepare`` with the build lock held."""
+        with self._lock:
+            generation = self._generation
+            entries = dict(self._entries)
+            categories = frozenset(c for c, n in self._categories.items() if n > 0)
+            labels = frozenset(pair for pair, n in self._labels.items() if n > 0)
+        masks = ItemMasks.build(model, entries, generation, categories, labels)
+        others = [m for m in self._built if m.model is not model][:1]
+        self._built = (masks, *others)
         return masks
 
     def refresh_masks(self) -> None:
-        """Rebuilds the served model's masks if the entries changed since they were built."""
-        model = self._current_model()
-        if model is None:
-            return
-        newest = next((m for m in self._built if m.model is model), None)
-        if newest is None or newest.generation != self._generation:
-            self.prepare(model)
+        """Rebuilds every kept model's masks, and the served model's, that predate the newest
+        entries. Under the build lock, so a model being prepared concurrently (a swap) is
+        rebuilt too once it is kept: when this returns, no kept masks miss a change applied
+        before it was called."""
+        with self._build_lock:
+            models = [m.model for m in reversed(self._built)]  # the newest is rebuilt last
+            current = self._current_model()
+            if current is not None and all(model is not current for model in models):
+                models.append(current)
+            for model in models:
+                kept = next((m for m in self._built if m.model is model), None)
+                if kept is None or kept.generation != self._generation:
+                    self._build(model)
 
     def start(self) -> None:
         """Reads the catalogue once (an unreachable store is retried by the thread), then

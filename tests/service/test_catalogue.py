@@ -143,6 +143,12 @@ def test_the_view_keeps_the_newest_entry_and_rebuilds_masks_on_change(tmp_path) 
     assert "a" in view.masks_for(model).known_categories
     other = small_model()
     assert view.masks_for(other).model is other  # a swapped model gets its own masks
+    # A change reaches every kept model's masks, the one being swapped in included.
+    store.put({"i1": ItemMetadata(available=False)})
+    view.apply(store.get_many(["i1"]))
+    view.refresh_masks()
+    for kept in (view.masks_for(model), view.masks_for(other)):
+        assert kept.hidden is not None and kept.hidden[:2].tolist() == [True, True]
     store.close()
 
 
