@@ -1,4 +1,4 @@
-"""The ``ccd`` command: serve, train, up, produce, replay, version.
+"""The ``ccd`` command: serve, train, indexer, up, produce, replay, version.
 
 Settings come from ``contracts.settings.Settings`` (environment variables ``CCD_*``); a flag given
 on the command line overrides the matching field. Heavy imports (torch, FastAPI) happen inside the
@@ -144,6 +144,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trainer(train)
     _add_common(train)
     train.set_defaults(handler=cmd_train)
+
+    indexer = commands.add_parser(
+        "indexer",
+        help="write each user's seen items from Kafka to Redis (CCD_SEEN_STORE=redis)",
+        description="Consume the event stream in consumer group CCD_INDEXER_GROUP_ID and add "
+        "every (user, item) pair to the user's set in Redis, which servers with "
+        "CCD_SEEN_STORE=redis read per request. Needs Kafka and Redis.",
+    )
+    _add_common(indexer)
+    indexer.set_defaults(handler=cmd_indexer)
 
     up = commands.add_parser(
         "up",
@@ -294,6 +304,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     except (LogPositionError, DeviceUnavailable) as error:  # an operator must decide: one line
         print(f"ccd train: {error}", file=sys.stderr)
         return 2
+    return 0
+
+
+def cmd_indexer(args: argparse.Namespace) -> int:
+    settings = load_settings(_overrides(args))
+    configure_logging(settings.log_level)
+    stop = threading.Event()
+    _stop_on_sigterm(stop)  # `docker stop`: the batch in hand is written and committed first
+    from service.indexer import run_indexer
+
+    try:
+        run_indexer(settings, stop)
+    except ValueError as error:
+        print(f"ccd indexer: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

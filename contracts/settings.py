@@ -54,6 +54,23 @@ class Settings(BaseSettings):
     redis_prefix: str = Field("ccd", description="Prefix of every Redis key and channel")
     keep_versions: int = Field(5, ge=1, description="Model versions kept for rollback")
 
+    # --- seen items (per-user state) ----------------------------------------------------------
+    seen_store: Literal["memory", "redis"] = Field(
+        "memory",
+        description="Where servers read each user's seen items: memory = every server replays "
+        "the event log into its own index; redis = per-user sets in Redis written by `ccd "
+        "indexer` (needs Kafka and Redis)",
+    )
+    indexer_group_id: str = Field(
+        "ccd-indexer", description="Kafka consumer group of `ccd indexer`"
+    )
+    seen_timeout_s: float = Field(
+        0.5,
+        gt=0,
+        description="Longest wait of a server for a user's seen items in Redis before it "
+        "answers 503",
+    )
+
     # --- local state --------------------------------------------------------------------------
     data_dir: Path = Field(
         Path("ccd-data"), description="Embedded event log, model store and trainer checkpoints"
@@ -203,6 +220,11 @@ class Settings(BaseSettings):
                 f"CCD_PUBLISH_RETRY_INITIAL_S={self.publish_retry_initial_s} is above "
                 f"CCD_PUBLISH_RETRY_MAX_S={self.publish_retry_max_s}: the first wait would be "
                 "longer than the longest"
+            )
+        if self.seen_store == "redis" and not (self.uses_kafka and self.uses_redis):
+            problems.append(
+                "CCD_SEEN_STORE=redis needs CCD_KAFKA_BOOTSTRAP_SERVERS and CCD_REDIS_URL (the "
+                "indexer reads Kafka and writes Redis)"
             )
         if problems:
             raise ValueError("; ".join(problems))

@@ -39,7 +39,7 @@ from service.routers import (
     stats,
 )
 from service.routers.catalogue import items_body_limit
-from service.seen import SeenItems, SeenTailer, source_for
+from service.seen import build_seen
 from service.state import ServiceState
 
 DESCRIPTION = """\
@@ -105,7 +105,8 @@ def create_app(
 ) -> FastAPI:
     """The app for ``settings``. ``store`` / ``event_log`` default to the ones the settings
     select (Redis / Kafka, else embedded under ``data_dir``); those the app opens itself it also
-    closes. The seen-items index always tails the log the settings select, from its start.
+    closes. The seen-items index is this process's, tailing the log from its start, or with
+    ``CCD_SEEN_STORE=redis`` the sets in Redis (``service.seen.build_seen``).
     Run it with its lifespan (``with TestClient(app)``, uvicorn). ``fast_lane=False`` sends every
     request through FastAPI's routing (``recommendations.OneUserFastLane`` answers the same)."""
     service_metrics = ServiceMetrics()
@@ -116,7 +117,6 @@ def create_app(
         owned_log = event_log is None
         model_store = open_model_store(settings) if owned_store else store
         log_writer = open_event_log(settings) if owned_log else event_log
-        seen = SeenItems()
         attribution = Attribution(
             service_metrics,
             settings.attribution_window_s,
@@ -134,11 +134,12 @@ def create_app(
             recorder.flush()  # impressions of the last moments first
             attribution.observe(events)
 
+        seen, tailer = build_seen(settings, service_metrics, observe)  # memory or Redis
         state = ServiceState(
             settings=settings,
             holder=holder,
             seen=seen,
-            tailer=SeenTailer(source_for(settings), seen, service_metrics, observe=observe),
+            tailer=tailer,
             event_log=log_writer,
             event_breaker=CircuitBreaker(EVENT_LOG_COOLDOWN_S),
             store=model_store,
@@ -162,6 +163,7 @@ def create_app(
             state.catalogue.store.close()
             state.holder.stop()
             state.tailer.stop()
+            state.seen.close()
             if owned_log:
                 log_writer.close()
             if owned_store:

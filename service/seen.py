@@ -9,8 +9,13 @@ Memory cost: one Python ``set`` of item-id strings per user, each distinct item 
 (interned here). Measured with tracemalloc (CPython 3.11, ids excluded): 77 bytes per distinct
 (user, item) pair at 10 items per user (the per-user dict entry and set header weigh in), 46 at
 50 and 43 at 200, plus ~50 bytes per distinct id string. So 1M users with 100 items each take
-about 4.5 GB. Beyond that, compact per-user arrays of item indices or an external store would be
-the next step.
+about 4.5 GB (issue 15 measured 81 B of RSS per pair in a running server, and 3.3 s of replay per
+million events before it is ready). That is the embedded mode's index (``CCD_SEEN_STORE=memory``,
+the default); with ``CCD_SEEN_STORE=redis`` the sets live in Redis (``service.seen_store``),
+filled by ``ccd indexer`` (``service.indexer``), and this module's tailer only follows the log
+from its end for outcome attribution (``build_seen``).
+
+Both indexes have the same verbs (``SeenIndex``), so the routes do not care which one serves.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -27,12 +32,34 @@ import orjson
 
 from contracts.settings import Settings
 from service.metrics import ServiceMetrics
+from service.seen_store import RedisSeenIndex
 
 log = logging.getLogger(__name__)
 
 
+class SeenIndex(Protocol):
+    """What the routes use: a user's items (one or a batch, one round trip for a batch), adding
+    the pairs a server accepts, whether an item was ever named, and counts for the dashboard."""
+
+    def items_of(self, user_id: str) -> frozenset[str]: ...
+
+    def items_of_many(self, user_ids: Sequence[str]) -> list[frozenset[str]]: ...
+
+    def add(self, pairs: Iterable[tuple[str, str]]) -> int: ...
+
+    def knows_item(self, item_id: str) -> bool: ...
+
+    @property
+    def n_users(self) -> int | None: ...
+
+    @property
+    def n_pairs(self) -> int | None: ...
+
+    def close(self) -> None: ...
+
+
 class SeenItems:
-    """Thread-safe ``user_id -> set(item_id)`` index."""
+    """Thread-safe ``user_id -> set(item_id)`` index (in this process)."""
 
     def __init__(self) -> None:
         self._by_user: dict[str, set[str]] = {}
@@ -60,6 +87,13 @@ class SeenItems:
         with self._lock:
             items = self._by_user.get(user_id)
             return frozenset(items) if items else frozenset()
+
+    def items_of_many(self, user_ids: Sequence[str]) -> list[frozenset[str]]:
+        """``items_of`` of each user, in order."""
+        return [self.items_of(user) for user in user_ids]
+
+    def close(self) -> None:
+        """Nothing to release (the interface of ``service.seen_store.RedisSeenIndex``)."""
 
     def knows_item(self, item_id: str) -> bool:
         """Whether some event named this item."""
@@ -133,12 +167,15 @@ class SqliteSource:
 
 
 class KafkaSource:
-    """Reads every partition of the topic from the beginning with no consumer group."""
+    """Reads every partition of the topic from the beginning with no consumer group; with
+    ``from_end``, the partitions that exist at the first read from their end instead (nothing
+    to catch up on: ``at_end`` at once; partitions added later still from their start)."""
 
-    def __init__(self, bootstrap_servers: str, topic: str) -> None:
+    def __init__(self, bootstrap_servers: str, topic: str, from_end: bool = False) -> None:
         from kafka import KafkaConsumer
 
         self._topic = topic
+        self._from_end = from_end
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap_servers,
             group_id=None,
@@ -167,6 +204,10 @@ class KafkaSource:
         assigned = [TopicPartition(self._topic, p) for p in sorted(self._assigned)]
         fresh = [TopicPartition(self._topic, p) for p in sorted(new)]
         self._consumer.assign(assigned)
+        if self._from_end and not self._reached_end:
+            self._consumer.seek_to_end(*fresh)
+            self._reached_end = True
+            return
         self._consumer.seek_to_beginning(*fresh)
         if not self._reached_end:
             self._targets.update(self._consumer.end_offsets(fresh))
@@ -192,11 +233,12 @@ class KafkaSource:
         self._consumer.close()
 
 
-def source_for(settings: Settings) -> Callable[[], EventSource]:
-    """The reader matching the configured event log (Kafka, else the embedded SQLite log)."""
+def source_for(settings: Settings, from_end: bool = False) -> Callable[[], EventSource]:
+    """The reader matching the configured event log (Kafka, else the embedded SQLite log);
+    ``from_end`` (Kafka only) skips what the log holds already."""
     if settings.uses_kafka:
         servers, topic = settings.kafka_bootstrap_servers, settings.kafka_topic
-        return lambda: KafkaSource(servers, topic)
+        return lambda: KafkaSource(servers, topic, from_end)
     path = settings.event_log_path
     return lambda: SqliteSource(path)
 
@@ -233,12 +275,13 @@ def parse_fields(raw: bytes) -> tuple[str, str, str | None] | None:
 class SeenTailer:
     """Background thread feeding ``SeenItems`` from an ``EventSource``; ``observe`` (outcome
     attribution, ``service.attribution``) gets every batch of readable events as
-    (user_id, item_id, recommendation_id or None)."""
+    (user_id, item_id, recommendation_id or None). With ``seen`` None it feeds ``observe`` only
+    and is caught up from its start (it reads from the log's end: nothing to replay)."""
 
     def __init__(
         self,
         open_source: Callable[[], EventSource],
-        seen: SeenItems,
+        seen: SeenItems | None,
         metrics: ServiceMetrics,
         batch_size: int = 5000,
         timeout_s: float = 0.5,
@@ -255,6 +298,8 @@ class SeenTailer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
+        if self._seen is None:
+            self.caught_up.set()
         self._thread = threading.Thread(target=self._run, name="seen-tailer", daemon=True)
         self._thread.start()
 
@@ -281,7 +326,10 @@ class SeenTailer:
             return
         events = [fields for raw in values if (fields := parse_fields(raw)) is not None]
         pairs = [(user, item) for user, item, _ in events]
-        self._seen.add(pairs)
+        if self._seen is not None:
+            self._seen.add(pairs)
+            self._metrics.seen_users.set(self._seen.n_users)
+            self._metrics.seen_pairs.set(self._seen.n_pairs)
         if self._observe is not None and events:
             try:
                 self._observe(events)
@@ -290,8 +338,6 @@ class SeenTailer:
         self._metrics.seen_events.inc(len(pairs))
         if len(pairs) < len(values):
             self._metrics.seen_malformed.inc(len(values) - len(pairs))
-        self._metrics.seen_users.set(self._seen.n_users)
-        self._metrics.seen_pairs.set(self._seen.n_pairs)
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()
@@ -305,3 +351,24 @@ def _close_quietly(source: EventSource) -> None:
         source.close()
     except Exception:
         log.warning("closing the seen-items reader failed", exc_info=True)
+
+
+def build_seen(
+    settings: Settings,
+    metrics: ServiceMetrics,
+    observe: Callable[[list[tuple[str, str, str | None]]], object] | None = None,
+) -> tuple[SeenIndex, SeenTailer]:
+    """The server's seen-items index and its log tailer (started by the caller).
+
+    ``CCD_SEEN_STORE=memory``: ``SeenItems`` in this process, fed by a tailer that replays the
+    log from its start (ready once caught up). ``redis``: ``RedisSeenIndex`` (filled by
+    ``ccd indexer``), and a tailer that reads from the log's end for ``observe`` only (ready at
+    once: no replay, no pairs held here)."""
+    if settings.seen_store == "redis":
+        assert settings.redis_url is not None  # Settings refuses redis without it
+        index = RedisSeenIndex(settings.redis_url, settings.redis_prefix, settings.seen_timeout_s)
+        return index, SeenTailer(
+            source_for(settings, from_end=True), None, metrics, observe=observe
+        )
+    seen = SeenItems()
+    return seen, SeenTailer(source_for(settings), seen, metrics, observe=observe)

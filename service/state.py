@@ -19,7 +19,7 @@ from service.impressions import ImpressionRecorder
 from service.metrics import ServiceMetrics
 from service.model_holder import ModelHolder
 from service.ranking import ServingModel
-from service.seen import SeenItems, SeenTailer
+from service.seen import SeenIndex, SeenTailer
 
 RETRY_AFTER_S = 5
 
@@ -28,7 +28,7 @@ RETRY_AFTER_S = 5
 class ServiceState:
     settings: Settings
     holder: ModelHolder
-    seen: SeenItems
+    seen: SeenIndex
     tailer: SeenTailer
     event_log: EventLog
     event_breaker: CircuitBreaker

@@ -143,11 +143,21 @@ def _append(state: ServiceState, body: bytes) -> int:
             f"same event_id): {error}",
             headers={"Retry-After": str(state.event_breaker.retry_after_s())},
         ) from None
-    state.seen.add((event.user_id, event.item_id) for event in events)
+    _mark_seen(state, events)
     state.metrics.events_accepted.inc(count)
     if unknown:
         _count_unknown_fields(state, unknown)
     return count
+
+
+def _mark_seen(state: ServiceState, events: list[InteractionEvent]) -> None:
+    """Adds the accepted pairs to the seen-items index, so the user's next request excludes
+    them at once. The events are in the log already: if the index (Redis) cannot take them now,
+    the indexer adds them when it reads them back, and the answer stays 202."""
+    try:
+        state.seen.add((event.user_id, event.item_id) for event in events)
+    except Exception as error:
+        log.warning("adding %d accepted events to the seen items failed: %s", len(events), error)
 
 
 _events_key_header = APIKeyHeader(

@@ -4,12 +4,12 @@
 # build_router, which FastAPI must resolve at definition time.
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from typing import Annotated
 from urllib.parse import parse_qsl
 
 import orjson
-from fastapi import APIRouter, Depends, Path, Query, Response
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Response
 from fastapi.exceptions import RequestValidationError
 from pydantic import Field, create_model
 from starlette.routing import BaseRoute
@@ -34,9 +34,15 @@ from service.schemas import (
     Recommendations,
     ScoredItem,
 )
+from service.seen_store import SeenUnavailable
 from service.state import ServiceState, State
 
-_NO_MODEL = {503: {"model": ErrorMessage, "description": "No model version loaded yet"}}
+_NO_MODEL = {
+    503: {
+        "model": ErrorMessage,
+        "description": "No model version loaded yet, or the seen-items store is unavailable",
+    }
+}
 # `:path`: an id may hold "/" (the event contract allows it), as such or percent-encoded.
 ONE_USER_ROUTE = "/recommendations/{user_id:path}"
 
@@ -74,12 +80,36 @@ def _rank(
     metrics; returns (version, ranked lists)."""
     model = state.require_model()
     options = rank_options(state, model, item_filter, where)
-    seen = [state.seen.items_of(user) for user in user_ids]
+    seen = _seen_items(state, user_ids, exclude_seen, model.user_index)
     excludes = [items if exclude else () for items, exclude in zip(seen, exclude_seen, strict=True)]
     ranked = model.recommend_many(user_ids, k, excludes, options, histories=seen)
     for result in ranked:
         state.metrics.recommendations.labels(result.strategy).inc()
     return model.version, ranked
+
+
+def _seen_items(
+    state: ServiceState,
+    user_ids: Sequence[str],
+    exclude_seen: Sequence[bool],
+    known: Container[str],
+) -> list[frozenset[str]]:
+    """Each user's seen items, read in one round trip (``state.seen.items_of_many``) for the
+    users that need them: those whose seen items are excluded, and those the model does not
+    know (fold-in starts from them); empty for the others. 503 (Retry-After) if the store
+    cannot answer: never a list that might hold items the user has seen."""
+    needed = [
+        user
+        for user, exclude in zip(user_ids, exclude_seen, strict=True)
+        if exclude or user not in known
+    ]
+    try:
+        found = dict(zip(needed, state.seen.items_of_many(needed), strict=True)) if needed else {}
+    except SeenUnavailable as error:
+        raise HTTPException(
+            503, str(error), headers={"Retry-After": str(error.retry_after_s)}
+        ) from None
+    return [found.get(user, frozenset()) for user in user_ids]
 
 
 def _one_user_response(
@@ -198,11 +228,15 @@ class OneUserFastLane:
         user_id, k, exclude_seen, item_filter = request
         if item_filter is NO_FILTER:
             scope["route"] = self.route
-            version, ranked = await self.batcher.rank(state, user_id, k, exclude_seen)
+            try:
+                version, ranked = await self.batcher.rank(state, user_id, k, exclude_seen)
+            except HTTPException:  # the seen items unavailable: the route answers the 503
+                await self.app(scope, receive, send)
+                return
         else:  # ranked alone, inline, as the route would; a filter it refuses goes there (422)
             try:
                 version, (ranked,) = _rank(state, [user_id], k, [exclude_seen], item_filter)
-            except RequestValidationError:
+            except (RequestValidationError, HTTPException):
                 await self.app(scope, receive, send)
                 return
             scope["route"] = self.route
