@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 Label = tuple[str, str]
 # A category or label held by at least I / _DENSE_DIVISOR of the model's items gets a bool mask.
 _DENSE_DIVISOR = 32
+# Models whose masks are kept (~2 MB each at 41k items): the served, the previous, A/B arms.
+_KEPT_MODELS = 4
 
 
 class UnknownFilterValue(ValueError):
@@ -252,8 +254,8 @@ class CatalogueView:
         self._generation = 0  # bumped by every change to the entries
         self._lock = threading.Lock()
         self._build_lock = threading.Lock()
-        # The newest masks of the served model, and of the model served before it (requests
-        # that started before a swap finish on it).
+        # The newest masks of the most recently prepared models, newest first: the served one,
+        # the one before it (requests that started before a swap finish on it), other A/B arms.
         self._built: tuple[ItemMasks, ...] = ()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -316,8 +318,9 @@ class CatalogueView:
         return self.prepare(model)
 
     def prepare(self, model: ServingModel) -> ItemMasks:
-        """Builds the masks of ``model`` from the current entries and keeps them, with the
-        newest of one other model (the model holder calls it before it swaps ``model`` in)."""
+        """Builds the masks of ``model`` from the current entries and keeps them, with those of
+        up to ``_KEPT_MODELS - 1`` other models (the model holder calls it before it swaps
+        ``model`` in)."""
         with self._build_lock:
             return self._build(model)
 
@@ -329,7 +332,7 @@ class CatalogueView:
             categories = frozenset(c for c, n in self._categories.items() if n > 0)
             labels = frozenset(pair for pair, n in self._labels.items() if n > 0)
         masks = ItemMasks.build(model, entries, generation, categories, labels)
-        others = [m for m in self._built if m.model is not model][:1]
+        others = [m for m in self._built if m.model is not model][: _KEPT_MODELS - 1]
         self._built = (masks, *others)
         return masks
 
