@@ -141,6 +141,12 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="Address `ccd serve` binds to")
     port: int = Field(8000, ge=1, le=65535, description="Port `ccd serve` binds to")
     max_k: int = Field(1000, ge=1, description="Largest k a request may ask for")
+    ann_min_items: int = Field(
+        200_000,
+        ge=0,
+        description="A model version with at least this many items gets an approximate (faiss "
+        "IVF) item index for top-k, filters still exact on its candidates; 0 = exact top-k always",
+    )
     reload_poll_s: float = Field(
         5.0, gt=0, description="Fallback poll for new model versions (pub/sub is the fast path)"
     )

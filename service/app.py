@@ -123,7 +123,12 @@ def create_app(
             settings.online_window_s,
             settings.impressions_max,
         )
-        holder = ModelHolder(model_store, service_metrics, settings.reload_poll_s)
+        holder = ModelHolder(
+            model_store,
+            service_metrics,
+            settings.reload_poll_s,
+            ann_min_items=settings.ann_min_items,
+        )
         catalogue = CatalogueView(
             open_catalogue(settings), settings.catalogue_poll_s, lambda: holder.model
         )

@@ -44,10 +44,14 @@ class ModelHolder:
         metrics: ServiceMetrics,
         poll_s: float,
         prepare: Callable[[ServingModel], object] | None = None,
+        ann_min_items: int = 0,
     ) -> None:
         """``prepare``: called with each new model before it is swapped in (the catalogue
-        builds its filter masks), in the reload thread."""
+        builds its filter masks), in the reload thread. ``ann_min_items``: a version with at
+        least this many items gets its approximate item index built before the swap, in the
+        same thread (``CCD_ANN_MIN_ITEMS``; 0 = never)."""
         self._store = store
+        self.ann_min_items = ann_min_items
         self.prepare = prepare
         self._metrics = metrics
         self._poll_s = poll_s
@@ -79,7 +83,7 @@ class ModelHolder:
 
     def _load(self, version: int) -> bool:
         try:
-            model = ServingModel.from_snapshot(self._store.load(version))
+            model = self._serving(version)
         except CorruptModelError as error:
             # Refused for good: a version's bytes never change, so retrying cannot help.
             self._refused.add(version)
@@ -97,6 +101,10 @@ class ModelHolder:
         self._model = model  # the atomic swap: in-flight requests keep their old reference
         self._record_swap(model)
         return True
+
+    def _serving(self, version: int) -> ServingModel:
+        """``version`` loaded, checked and in serving form (with its item index when big)."""
+        return ServingModel.from_snapshot(self._store.load(version), self.ann_min_items)
 
     def _prepare(self, model: ServingModel) -> None:
         """Runs ``prepare`` on a model about to be served; a failure is logged, not fatal (a
@@ -125,7 +133,7 @@ class ModelHolder:
         it fails its checks; then the pointer and the served model are left as they were."""
         with self._refresh_lock:
             try:
-                model = ServingModel.from_snapshot(self._store.load(version))
+                model = self._serving(version)
             except CorruptModelError:
                 self._refused.add(version)
                 raise

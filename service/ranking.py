@@ -1,4 +1,5 @@
-"""The in-memory serving form of one model version, and exact full-catalogue top-k over it.
+"""The in-memory serving form of one model version, and top-k over it: an exact scan of the
+catalogue, or candidates from an approximate index for big catalogues.
 
 A ``ServingModel`` is built once per version (in the reload thread, off the request path) and
 never mutated afterwards, so request threads can share it without locks; the model holder swaps
@@ -7,10 +8,20 @@ the whole object with one reference assignment.
 numpy only, never torch: the server computes dot products and top-k, which numpy's BLAS does as
 fast, and importing PyPI's CUDA torch build alone costs ~490 MB of resident memory per server
 (``tests/service/test_lean_server.py`` fails if serving imports it).
+
+Approximate top-k: a version with at least ``CCD_ANN_MIN_ITEMS`` items gets an item index
+(``service.ann``, faiss) when it is built. A user's answer then starts from the index's
+candidates: ``max(64, 2 (k + excluded) / eligible share)`` of them, each re-scored exactly; the
+excluded and ineligible ones are dropped, and when fewer than k (the MMR pool with diversity)
+are left, 4x more are fetched. When that would exceed 1/16 of the catalogue, the index runs out
+of candidates, or the request adds a boost, the exact scan answers. So a filter or exclusion is
+never violated (candidates are checked, not trusted), an answer is never shorter than the exact
+one, and only the choice among eligible items is approximate (recall@20 in ``ccd bench scale``).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +30,7 @@ from typing import Any, Literal
 import numpy as np
 
 from contracts.model_store import ModelSnapshot
+from service.ann import ItemIndex, build_item_index
 from service.fold_in import fold_in_vector
 
 Strategy = Literal["personalized", "fold_in", "popular"]
@@ -58,6 +70,10 @@ class RankOptions:
 PLAIN = RankOptions()
 # MMR re-ranks the best max(k * 5, 100) eligible items (bounded work per request).
 _MMR_POOL_FACTOR, _MMR_MIN_POOL = 5, 100
+# ANN candidates: over-fetch 2x what the answer needs (at least 64), 4x more per refill, never
+# beyond 1/16 of the catalogue (at least 256): past that the exact scan is as cheap and exact.
+_ANN_OVERFETCH, _ANN_MIN_FETCH, _ANN_GROWTH = 2.0, 64, 4
+_ANN_MAX_FETCH_SHARE, _ANN_MIN_MAX_FETCH = 1 / 16, 256
 
 
 def mmr_order(
@@ -171,9 +187,12 @@ class ServingModel:
     popular_order: np.ndarray
     item_gramian: np.ndarray
     loaded_at: float = field(default_factory=time.time)
+    ann: ItemIndex | None = None
 
     @classmethod
-    def from_snapshot(cls, snapshot: ModelSnapshot) -> ServingModel:
+    def from_snapshot(cls, snapshot: ModelSnapshot, ann_min_items: int = 0) -> ServingModel:
+        """The serving form of ``snapshot``, with an item index when it has at least
+        ``ann_min_items`` items (0: never; ``service.ann.build_item_index``)."""
         item_matrix = _column_major(snapshot.item_embeddings)
         norms = np.linalg.norm(item_matrix, axis=1)
         inv_norms = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
@@ -190,6 +209,7 @@ class ServingModel:
             popularity=popularity,
             popular_order=np.argsort(-popularity, kind="stable"),
             item_gramian=item_matrix.T.astype(np.float64) @ item_matrix.astype(np.float64),
+            ann=build_item_index(item_matrix, ann_min_items),
         )
 
     @property
@@ -257,11 +277,16 @@ class ServingModel:
                 continue
             history = self.item_indices(histories[position]) if histories else []
             if history:
-                scores = self.item_matrix @ self.fold_in(history)
-                ranked = self._top_of_row(scores, k, excluded[position], options, "fold_in")
+                vector = self.fold_in(history)
+                ranked = self._rank_vector(vector, k, excluded[position], options, "fold_in")
                 results[position] = ranked
             else:
                 results[position] = self._popular(k, excluded[position], options)
+        if self.ann is not None:  # one user at a time: the index answers per vector
+            for position in known:
+                vector = self.user_vectors[self.user_index[user_ids[position]]]
+                results[position] = self._rank_vector(vector, k, excluded[position], options)
+            return results  # type: ignore[return-value]
         chunk = max(1, _MAX_BATCH_SCORES // max(1, self.n_items))
         for start in range(0, len(known), chunk):
             positions = known[start : start + chunk]
@@ -281,6 +306,74 @@ class ServingModel:
             self._top_of_row(row_scores, k, items, options)
             for row_scores, items in zip(scores, excluded, strict=True)
         ]
+
+    def _rank_vector(
+        self,
+        vector: np.ndarray,
+        k: int,
+        excluded: list[int],
+        options: RankOptions = PLAIN,
+        strategy: Strategy = "personalized",
+    ) -> Ranked:
+        """Top-``k`` for one user vector (d,): from the item index's candidates when this
+        version has one and the request adds no boost, else (or when the candidates cannot fill
+        the answer) by the exact scan."""
+        if self.ann is not None and options.boost is None:
+            ranked = self._ann_top(vector, k, excluded, options, strategy)
+            if ranked is not None:
+                return ranked
+        return self._top_of_row(self.item_matrix @ vector, k, excluded, options, strategy)
+
+    def _ann_top(
+        self,
+        vector: np.ndarray,
+        k: int,
+        excluded: list[int],
+        options: RankOptions,
+        strategy: Strategy,
+    ) -> Ranked | None:
+        """Top-``k`` of the eligible, non-excluded items among the index's candidates for
+        ``vector`` (d,), refilled 4x while too few survive; None: let the exact scan answer
+        (too few eligible items for the index to find them cheaply)."""
+        assert self.ann is not None
+        eligible = options.eligible
+        share = 1.0 if eligible is None else np.count_nonzero(eligible) / self.n_items
+        pool = k if options.diversity == 0 else max(k * _MMR_POOL_FACTOR, _MMR_MIN_POOL)
+        if share == 0:
+            return None
+        fetch = max(_ANN_MIN_FETCH, math.ceil((pool + len(excluded)) * _ANN_OVERFETCH / share))
+        limit = max(_ANN_MIN_MAX_FETCH, int(self.n_items * _ANN_MAX_FETCH_SHARE))
+        while fetch <= limit:
+            found = self.ann.search(vector, fetch)
+            keep = found if eligible is None else found[eligible[found]]
+            if excluded:
+                keep = keep[~np.isin(keep, excluded)]
+            if keep.size >= pool:
+                return self._rank_candidates(np.sort(keep), vector, k, options, strategy)
+            if found.size < fetch:  # the probed lists hold no more: only the scan can do better
+                return None
+            fetch *= _ANN_GROWTH
+        return None
+
+    def _rank_candidates(
+        self,
+        candidates: np.ndarray,
+        vector: np.ndarray,
+        k: int,
+        options: RankOptions,
+        strategy: Strategy,
+    ) -> Ranked:
+        """The top-``k`` (MMR-ordered with diversity) of ``candidates`` (C,) ascending item
+        rows, by exact scores with ``vector`` (d,); ties go to the lower item row."""
+        scores = self.item_matrix[candidates] @ vector  # (C,)
+        pool = k if options.diversity == 0 else max(k * _MMR_POOL_FACTOR, _MMR_MIN_POOL)
+        best = top_indices(scores, min(pool, candidates.size))
+        top, values = candidates[best], scores[best]
+        if options.diversity > 0:
+            units = self.item_matrix[top] * self.item_inv_norms[top, None]
+            order = mmr_order(values, units, min(k, top.size), options.diversity)
+            top, values = top[order], values[order]
+        return Ranked([self.item_ids[item] for item in top.tolist()], values.tolist(), strategy)
 
     def _top_of_row(
         self,
