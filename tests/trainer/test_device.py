@@ -71,4 +71,3 @@ def test_ccd_train_with_cuda_and_no_gpu_exits_2_with_one_line(tmp_path: Path) ->
     assert result.returncode == 2, result.stderr
     assert "ccd train: CCD_DEVICE=cuda but torch sees no CUDA GPU" in result.stderr
     assert "Traceback" not in result.stderr
-
