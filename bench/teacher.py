@@ -41,7 +41,9 @@ class TeacherServingModel(ServingModel):
     power: float = DEFAULT_POWER
 
     @classmethod
-    def from_snapshot(cls, snapshot: ModelSnapshot) -> TeacherServingModel:
+    def from_snapshot(cls, snapshot: ModelSnapshot, ann_min_items: int = 0) -> TeacherServingModel:
+        """``ann_min_items`` is ignored: the ensemble's fused ranks are no inner product, so
+        a teacher always ranks by the exact scan."""
         base = ServingModel.from_snapshot(snapshot)
         dims = [int(d) for d in snapshot.meta.get("teacher_member_dims") or [base.dim]]
         if sum(dims) != base.dim:
