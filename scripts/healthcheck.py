@@ -2,6 +2,7 @@
 
     python scripts/healthcheck.py http URL        # the URL answers 2xx (server: /health/ready)
     python scripts/healthcheck.py trainer         # the trainer is a live member of its group
+    python scripts/healthcheck.py indexer         # `ccd indexer` likewise, in its own group
 
 The trainer serves no HTTP; it is healthy while its Kafka consumer is a member of the consumer
 group ``CCD_KAFKA_GROUP_ID`` (kafka-python heartbeats from a background thread, so a long block
@@ -39,24 +40,27 @@ def group_members(bootstrap_servers: str, group_id: str) -> int:
         admin.close()
 
 
-def trainer_ok() -> bool:
+def trainer_ok(role: str = "trainer") -> bool:
+    """The trainer (group ``CCD_KAFKA_GROUP_ID``) or ``ccd indexer`` (``role`` "indexer",
+    group ``CCD_INDEXER_GROUP_ID``) is a member of its consumer group."""
     from contracts.settings import Settings
 
     settings = Settings()
     if not settings.uses_kafka:
         return True  # embedded log: nothing outside the process to check
+    group = settings.indexer_group_id if role == "indexer" else settings.kafka_group_id
     try:
-        return group_members(settings.kafka_bootstrap_servers, settings.kafka_group_id) > 0
+        return group_members(settings.kafka_bootstrap_servers, group) > 0
     except Exception as error:  # noqa: BLE001 - any failure to ask means "not healthy"
-        print(f"trainer health check failed: {error}", file=sys.stderr)
+        print(f"{role} health check failed: {error}", file=sys.stderr)
         return False
 
 
 def main(argv: list[str]) -> int:
     if argv[:1] == ["http"] and len(argv) == 2:
         return 0 if http_ok(argv[1]) else 1
-    if argv == ["trainer"]:
-        return 0 if trainer_ok() else 1
+    if argv in (["trainer"], ["indexer"]):
+        return 0 if trainer_ok(argv[0]) else 1
     print(__doc__, file=sys.stderr)
     return 2
 

@@ -32,7 +32,7 @@ COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 DOCKERFILE = REPO_ROOT / "docker" / "Dockerfile"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
 HEALTHCHECK_SCRIPT = REPO_ROOT / "scripts" / "healthcheck.py"
-CCD_SERVICES = {"trainer": "train", "server": "serve"}
+CCD_SERVICES = {"trainer": "train", "indexer": "indexer", "server": "serve"}
 INTERPOLATION = re.compile(r"\$\{(?P<name>\w+)(?::?-(?P<default>[^}]*))?\}")
 
 
