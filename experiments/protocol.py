@@ -28,9 +28,11 @@ import copy
 import dataclasses
 import json
 import logging
+import pickle
 import shlex
 import sys
 import time
+import types
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -589,11 +591,37 @@ def save_checkpoint(
     tmp.replace(path)
 
 
+# Where the classes pickled by runs written before the layout move (commit 046df2e) live now.
+MOVED_MODULES = {
+    "models.reproduce": "experiments.protocol",
+    "models.report": "experiments.report",
+    "models.distilled_baselines": "experiments.distilled_baselines",
+    "models.kd": "models.ccd.stage1_distill",
+    "models.student_update": "models.ccd.stage2_student",
+    "models.teacher_update": "models.ccd.stage3_teacher",
+}
+
+
+class _MovedUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "models.ccd" and name not in ("CCDConfig", "CCDLearner", "BEST"):
+            module = "models.ccd.learner"
+        return super().find_class(MOVED_MODULES.get(module, module), name)
+
+
+# ``torch.load``'s pickle_module: pickle, reading the old module paths too.
+MOVED_PICKLE = types.SimpleNamespace(
+    __name__="pickle", Unpickler=_MovedUnpickler, load=pickle.load, loads=pickle.loads
+)
+
+
 def load_checkpoint(out: Path) -> dict[str, Any]:
+    """Our own file, written by ``save_checkpoint`` (pickle: learners are objects), also one
+    written before the layout move (``MOVED_MODULES``)."""
     path = _state_path(out)
     if not path.exists():
         raise FileNotFoundError(f"--resume: no checkpoint at {path}")
-    return torch.load(path, weights_only=False)  # our own file, written by save_checkpoint
+    return torch.load(path, weights_only=False, pickle_module=MOVED_PICKLE)
 
 
 # -- the run ----------------------------------------------------------------------------------
@@ -621,7 +649,7 @@ def load_base(source: Path, cfg: CCDConfig) -> tuple[CCDLearner, BlockReport]:
     path = _base_path(source)
     if not path.exists():
         raise FileNotFoundError(f"--base-from: no base training at {path}")
-    state = torch.load(path, weights_only=False)  # our own file, written by save_base
+    state = torch.load(path, weights_only=False, pickle_module=MOVED_PICKLE)  # by save_base
     base = CCDLearner()
     base.load_state_dict(state["learner"])
     differ = sorted(k for k, v in cfg.to_dict().items() if base.config.to_dict().get(k) != v)

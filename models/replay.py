@@ -146,10 +146,20 @@ def column_ranks(scores: Tensor, columns: Tensor) -> Tensor:
     rank(c) = #{j: s_j > s_c} + #{j < c: s_j == s_c}: one float sort of the values (no ids)
     and a binary search per column; the rare ties are counted directly.
     """
-    n = scores.shape[1]
     scores = scores.float().contiguous()
+    return ranks_in_sorted(scores, ascending_rows(scores), columns)
+
+
+def ascending_rows(scores: Tensor) -> Tensor:
+    """(B, N) each row of float32 ``scores`` sorted ascending (values only): what
+    ``ranks_in_sorted`` searches, computed once when several sources rank against one row."""
+    return torch.from_numpy(np.sort(scores.detach().numpy(), axis=1))
+
+
+def ranks_in_sorted(scores: Tensor, ascending: Tensor, columns: Tensor) -> Tensor:
+    """``column_ranks(scores, columns)`` given ``ascending = ascending_rows(scores)``."""
+    n = scores.shape[1]
     values = scores.gather(1, columns)
-    ascending = torch.from_numpy(np.sort(scores.detach().numpy(), axis=1))
     not_above = torch.searchsorted(ascending, values, right=True)
     above = n - not_above
     tied = (not_above - torch.searchsorted(ascending, values) > 1).nonzero()
@@ -248,21 +258,65 @@ def replay_candidates(
 ) -> ReplayCandidates:
     """The deterministic part of ``sample_replay`` (arguments as there): the costly part, a
     rank of X's candidates among all of W's items per user."""
-    chunks = []
+    return shared_replay_candidates(
+        [(source, users)], reference, n_abs, eps, source_filters, chunk
+    )[0]
+
+
+def shared_replay_candidates(
+    sources: Sequence[tuple[Scorer, Tensor]],
+    reference: Scorer,
+    n_abs: int,
+    eps: float,
+    source_filters: Sequence[CSR | None] = (),
+    chunk: int = 512,
+) -> list[ReplayCandidates]:
+    """``replay_candidates`` of several (source, users) against one reference, each chunk of
+    the reference's rows scored and sorted once for all of them (the sort is most of the cost).
+    Each source's ``users`` must be a prefix of the longest one (e.g. ``arange(n)``); the result
+    is the same as one ``replay_candidates`` call per source."""
+    longest = max((users for _, users in sources), key=lambda users: users.numel())
+    for _, users in sources:
+        if not torch.equal(users, longest[: users.numel()]):
+            raise ValueError("each source's users must be a prefix of the longest source's")
     chunk = capped_chunk(chunk, getattr(reference, "n_items", None))
+    parts: list[list[tuple[Tensor, Tensor, Tensor, Tensor]]] = [[] for _ in sources]
     with torch.no_grad():
-        for start in range(0, users.numel(), chunk):
-            batch = users[start : start + chunk]
-            scores = source(batch).float()
-            for csr in source_filters:
-                fill_rows_(scores, batch, csr)
-            n_items = scores.shape[1]
-            top_scores, candidates = torch.topk(scores, min(n_abs, n_items), dim=1)
-            ref_rank = column_ranks(reference(batch), candidates)  # rank_W among all I_W
-            own_rank = torch.arange(candidates.shape[1]).unsqueeze(0)  # rank_X of the t-th top
-            log_w = eps * (ref_rank - own_rank).double()
-            chunks.append((batch, candidates, torch.sigmoid(top_scores), log_w))
-    return ReplayCandidates(chunks)
+        for start in range(0, longest.numel(), chunk):
+            batch = longest[start : start + chunk]
+            ref_scores = reference(batch).float().contiguous()
+            ascending = ascending_rows(ref_scores)
+            for (source, users), chunks in zip(sources, parts, strict=True):
+                rows = min(batch.numel(), users.numel() - start)
+                if rows <= 0:
+                    continue
+                chunks.append(
+                    _source_candidates(
+                        source, batch[:rows], ref_scores[:rows], ascending[:rows], n_abs, eps,
+                        source_filters,
+                    )
+                )  # fmt: skip
+    return [ReplayCandidates(chunks) for chunks in parts]
+
+
+def _source_candidates(
+    source: Scorer,
+    batch: Tensor,
+    ref_scores: Tensor,
+    ascending: Tensor,
+    n_abs: int,
+    eps: float,
+    source_filters: Sequence[CSR | None],
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One chunk of ``ReplayCandidates`` for one source, given the reference's rows sorted."""
+    scores = source(batch).float()
+    for csr in source_filters:
+        fill_rows_(scores, batch, csr)
+    top_scores, candidates = torch.topk(scores, min(n_abs, scores.shape[1]), dim=1)
+    ref_rank = ranks_in_sorted(ref_scores, ascending, candidates)  # rank_W among all I_W
+    own_rank = torch.arange(candidates.shape[1]).unsqueeze(0)  # rank_X of the t-th top
+    log_w = eps * (ref_rank - own_rank).double()
+    return batch, candidates, torch.sigmoid(top_scores), log_w
 
 
 def draw_replay(

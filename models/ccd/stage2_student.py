@@ -29,7 +29,7 @@ from models.replay import (
     draw_replay,
     pool_max,
     replay_batches,
-    replay_candidates,
+    shared_replay_candidates,
     top_items_padded,
 )
 from models.sampling import explicit_negatives, forbidden_keys, mix_hard_negatives, sample_negatives
@@ -154,18 +154,14 @@ def update_student(
     cached: list[ReplayCandidates] = []  # valid while the reference is the fixed start
 
     def candidates() -> list[ReplayCandidates]:
-        fresh = [
-            replay_candidates(
-                member_scorer(proxy),
-                reference["scorer"],
-                torch.arange(proxy.n_users),
-                cfg.student_replay_abs,
-                cfg.replay_eps,
-                filters,
-                cfg.chunk,
-            )
-            for proxy, _ in sources
-        ]
+        fresh = shared_replay_candidates(
+            [(member_scorer(proxy), torch.arange(proxy.n_users)) for proxy, _ in sources],
+            reference["scorer"],
+            cfg.student_replay_abs,
+            cfg.replay_eps,
+            filters,
+            cfg.chunk,
+        )
         if cfg.student_replay_reference == "distilled":
             cached[:] = fresh
         return fresh

@@ -4,8 +4,10 @@ tiny synthetic block file, and the pieces whose answers can be worked out by han
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +16,8 @@ import torch
 
 from experiments.protocol import (
     METHODS,
+    MOVED_PICKLE,
+    CCDMethod,
     ReplayOptions,
     build_config,
     main,
@@ -24,6 +28,7 @@ from experiments.protocol import (
 from experiments.report import CL_BASELINES, hmean_gains, jsonable, summarize_matrix
 from models.api import BlockData, Interactions
 from models.ccd import CCDConfig
+from models.ccd.learner import member_state
 from models.data import load_block_file, split_block
 from models.metrics import ContinualMatrix, SizedScorer, ranking_metrics
 
@@ -374,3 +379,14 @@ def assert_close(after: object, before: object, path: str = "") -> None:
         assert after == pytest.approx(before, abs=1e-6), path
     else:
         assert after == before, path
+
+
+def test_a_checkpoint_pickled_before_the_layout_move_still_loads() -> None:
+    """Runs started before the move pickled their learners under models.reproduce, models.ccd,
+    ...: ``--resume`` and ``--base-from`` find those classes at their new homes."""
+    data = pickle.dumps(CCDMethod.__new__(CCDMethod), protocol=0)
+    old = data.replace(b"experiments.protocol", b"models.reproduce")
+    assert old != data
+    assert type(MOVED_PICKLE.Unpickler(io.BytesIO(old)).load()) is CCDMethod
+    moved = pickle.dumps(member_state, protocol=0).replace(b"models.ccd.learner", b"models.ccd")
+    assert MOVED_PICKLE.Unpickler(io.BytesIO(moved)).load() is member_state

@@ -21,6 +21,7 @@ from models.replay import (
     replay_candidates,
     sample_replay,
     sample_without_replacement,
+    shared_replay_candidates,
 )
 
 
@@ -157,3 +158,21 @@ def test_descending_order_and_column_ranks_equal_a_stable_sort() -> None:
     columns = torch.randint(0, 300, (6, 40), generator=g)
     columns[0, :4] = torch.arange(4)
     assert torch.equal(column_ranks(scores, columns), ranks.gather(1, columns))
+
+
+def test_shared_candidates_equal_one_call_per_source() -> None:
+    """Two sources with different user counts against one reference, sorted once per chunk:
+    the same candidates as one ``replay_candidates`` call each."""
+    g = torch.Generator().manual_seed(1)
+    w_table = torch.randn(50, 30, generator=g)
+    tables = [torch.randn(50, 30, generator=g), torch.randn(37, 30, generator=g)]
+    sources = [(lambda users, t=t: t[users], torch.arange(t.shape[0])) for t in tables]
+    reference = lambda users: w_table[users]  # noqa: E731
+    shared = shared_replay_candidates(sources, reference, 8, 0.5, (), chunk=16)
+    for (source, users), together in zip(sources, shared, strict=True):
+        alone = replay_candidates(source, reference, users, 8, 0.5, (), chunk=16)
+        assert len(alone.chunks) == len(together.chunks)
+        for a, b in zip(alone.chunks, together.chunks, strict=True):
+            assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+    with pytest.raises(ValueError, match="prefix"):
+        shared_replay_candidates([(sources[0][0], torch.arange(5, 9))] + sources, reference, 8, 0.5)

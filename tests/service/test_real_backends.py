@@ -57,8 +57,11 @@ def test_app_on_kafka_and_redis(service_settings: Settings) -> None:
             body = client.get("/recommendations/u0", params={"k": 2}).json()
             assert [item["item_id"] for item in body["items"]] == ["i3", "i0"]
             body = client.get("/recommendations/x", params={"k": 2}).json()
+            assert body["strategy"] == "fold_in"  # from its event on i0 = (1, 0)
+            assert [item["item_id"] for item in body["items"]] == ["i2", "i3"]
+            body = client.get("/recommendations/y", params={"k": 2}).json()
             assert body["strategy"] == "popular"
-            assert [item["item_id"] for item in body["items"]] == ["i3", "i2"]
+            assert [item["item_id"] for item in body["items"]] == ["i0", "i3"]
             # A new version arrives over pub/sub, well before the 30 s poll.
             store.publish(make_snapshot([[0.1, 1.0], [0.2, 1.0]]))
             wait_until(lambda: client.get("/model").json()["version"] == 2, 10.0)
