@@ -24,6 +24,7 @@ from contracts.settings import Settings
 from service.guards import require_json
 from service.routers.events import _write_guards
 from service.schemas import ErrorMessage
+from service.seen_store import SeenUnavailable
 from service.state import RETRY_AFTER_S, ServiceState, State
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,16 @@ def _written(state: ServiceState, write: Callable[[], int], item_ids: list[str])
     return version
 
 
+def _seen_item(state: ServiceState, item_id: str) -> bool:
+    """Whether some event named the item; 503 if the seen-items store cannot say."""
+    try:
+        return state.seen.knows_item(item_id)
+    except SeenUnavailable as error:
+        raise HTTPException(
+            503, str(error), headers={"Retry-After": str(error.retry_after_s)}
+        ) from None
+
+
 def add_catalogue_routes(router: APIRouter, settings: Settings) -> None:
     """Adds ``PUT /items``, ``PUT / GET / DELETE /items/{item_id}`` to ``router``."""
     write_guards, guard_responses = _write_guards(settings)
@@ -134,9 +145,9 @@ def add_catalogue_routes(router: APIRouter, settings: Settings) -> None:
         entry = state.catalogue.entry(item_id)
         if entry is None:
             model = state.holder.model
-            if not (
-                model is not None and item_id in model.item_index
-            ) and not state.seen.knows_item(item_id):
+            if not (model is not None and item_id in model.item_index) and not _seen_item(
+                state, item_id
+            ):
                 raise HTTPException(404, f"unknown item {item_id!r}")
             entry = EMPTY_ENTRY
         return _record(item_id, entry)

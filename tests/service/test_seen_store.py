@@ -171,6 +171,8 @@ def test_a_redis_outage_is_503_with_retry_after_never_a_list_with_seen_items(
                 assert "seen-items store" in response.json()["detail"]
             batch = client.post("/recommendations", json={"user_ids": ["u0", "u1"]})
             assert batch.status_code == 503 and "retry-after" in batch.headers
+            for path in ("/items/only-in-events", "/dashboard/api/users/u0"):
+                assert client.get(path).status_code == 503, path  # not 404, not 500
             # Nothing to read for a known user without exclusion: still answered.
             assert top(client, exclude_seen="false") == U0_RANKING
             own.start()  # the append-only file keeps the set
