@@ -126,7 +126,7 @@ class SeenIndexer:
 def run_indexer(settings: Settings, stop: threading.Event) -> None:
     """``ccd indexer``: index the stream into Redis until ``stop`` is set."""
     if not (settings.uses_kafka and settings.uses_redis):
-        raise ValueError("ccd indexer needs CCD_KAFKA_BOOTSTRAP_SERVERS and CCD_REDIS_URL")
+        raise ValueError("needs CCD_KAFKA_BOOTSTRAP_SERVERS and CCD_REDIS_URL")
     assert settings.redis_url is not None
     index = RedisSeenIndex(settings.redis_url, settings.redis_prefix, timeout_s=5.0)
     consumer = open_indexer_consumer(settings)

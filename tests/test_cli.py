@@ -73,6 +73,17 @@ def test_a_rule_between_settings_is_one_line_naming_both_variables() -> None:
     ]
 
 
+def test_seen_items_in_redis_need_kafka_and_redis_for_the_indexer_and_the_server() -> None:
+    done = ccd_with_env(["indexer"])
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "ccd indexer: needs CCD_KAFKA_BOOTSTRAP_SERVERS and CCD_REDIS_URL"
+    ]
+    done = ccd_with_env(["serve"], CCD_SEEN_STORE="redis", CCD_REDIS_URL="redis://x:1/0")
+    assert done.returncode == 2
+    assert "CCD_SEEN_STORE=redis needs CCD_KAFKA_BOOTSTRAP_SERVERS" in done.stderr
+
+
 def test_replay_dispatches_its_own_options(capsys: pytest.CaptureFixture) -> None:
     with pytest.raises(SystemExit) as exit_info:
         main(["replay", "--help"])  # --help goes to experiments.protocol's parser, not ours
