@@ -6,4 +6,14 @@ writes ``docs/benchmarks/NAME.json`` and regenerates ``docs/BENCHMARKS.md`` from
 runs each with tiny sizes.
 """
 
-NAMES = ("serving", "ingest", "update", "freshness", "swap", "learners", "filters", "impressions")
+NAMES = (
+    "serving",
+    "ingest",
+    "update",
+    "freshness",
+    "swap",
+    "learners",
+    "filters",
+    "impressions",
+    "scale",
+)

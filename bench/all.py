@@ -31,9 +31,12 @@ QUICK = {
     "swap": "--scale 0.02 --seconds 2 --swap-every 0.5 --warmup 1",
     "learners": "--blocks 1 --base-events 600 --block-events 300 --users 80 --items 60",
     "filters": "--scale 0.02 --rounds 50",
+    "scale": "--users 50 200 --items 300 --dim 4 --requests 10 --http-requests 5 "
+    "--ann-min-items 100",
 }
 USAGE = (
-    "usage: ccd bench {serving,ingest,update,freshness,swap,learners,filters,all,report,profile} "
+    "usage: ccd bench {serving,ingest,update,freshness,swap,learners,filters,scale,all,report,"
+    "profile} "
     "[options]\n"
     "  ccd bench NAME --help   lists the options of one benchmark"
 )

@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.add_parser(
         "bench",
-        help="benchmarks: serving, ingest, update, freshness, swap, learners, all "
+        help="benchmarks: serving, ingest, update, freshness, swap, learners, filters, scale, all "
         "(ccd bench NAME --help)",
         add_help=False,
     )

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import service.model_holder
-from bench import common, ingest, learners, loadgen, report, swap, update
+from bench import common, ingest, learners, loadgen, report, scale, swap, update
 from bench.teacher import TeacherServingModel, install_teacher_serving
 from contracts.model_store import ModelSnapshot
 from service.ranking import ServingModel
@@ -236,6 +236,25 @@ def test_learners_benchmark_runs_every_learner_on_one_stream(tmp_path: Path) -> 
     rows = {row[0]: row for row in learners.table_rows(result)}
     assert rows["bpr"][-1] == 1.0
     assert "ccd (paper)" in report.section("learners", result)
+
+
+def test_scale_benchmark_runs_at_tiny_sizes_and_reports(tmp_path: Path) -> None:
+    pytest.importorskip("faiss", reason="faiss-cpu is a pinned dependency; the ANN side needs it")
+    args = scale.build_parser().parse_args(
+        ["--users", "200", "50", "--items", "300", "--dim", "4", "--requests", "10"]
+        + ["--http-requests", "5", "--ann-min-items", "100", "--out", str(tmp_path)]
+    )
+    result = scale.run(args)
+    steps = result["results"]["publish"]
+    assert [step["users"] for step in steps] == [50, 200]  # ascending, one version each
+    assert [step["version"] for step in steps] == [1, 2]
+    assert all(step["publish_bytes"] > 0 and step["server_rss_mib"] > 0 for step in steps)
+    ranking = result["results"]["ranking"]
+    assert ranking["probe"] == ranking["lists"]  # 300 items: every list probed
+    assert ranking["all items"]["recall_at_k"] == 1.0  # so ANN equals exact
+    assert result["results"]["http_ann"]["requests"] == 5
+    text = report.section("scale", result)
+    assert "exact scan vs ANN" in text and "single-machine figures" in text
 
 
 def test_recorded_paths_inside_the_repository_are_relative(tmp_path: Path) -> None:

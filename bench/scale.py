@@ -1,0 +1,465 @@
+"""Scale: one `ccd serve` replica with a 10M-user / 1M-item / d=16 model on this machine, and
+exact versus approximate (ANN) top-k at 1M items.
+
+    ccd bench scale                                  # 1M then 10M users, 1M items, d=16
+    ccd bench scale --users 1000000 --items 200000   # smaller
+    ccd bench scale --redis-url redis://127.0.0.1:6379/0   # publish through Redis, not files
+
+No training at this size: the embeddings are generated directly (items around 256 cluster
+centres with log-normal norms, users around the same centres; ``synthetic_tables``), so the
+numbers are about moving and serving tables, not about model quality. Steps, in one run:
+
+1. A `ccd serve` process starts on an empty model store; its RSS before any data is read.
+2. For each user count (ascending), a version is published through the real model store
+   (``contracts.model_store``: files under a temporary data dir, or Redis with ``--redis-url``):
+   publish seconds and bytes; then the time until that server serves it (load, checks, id maps,
+   and the ANN index build when the catalogue reaches ``CCD_ANN_MIN_ITEMS``) and its RSS.
+3. In this process, with the same item table and a sample of users: per-request ranking latency
+   (p50/p99) exact vs ANN, and ANN recall@k against the exact answer; plus HTTP latency against
+   the server (which ranks with its ANN index).
+
+Each figure sits beside the single-machine figure it replaces (read from this folder's other
+results where one exists). Memory: the 10M-user step holds ~3 GB in this process and ~3-4 GB in
+the server at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.common import (
+    Target,
+    add_output_args,
+    add_target,
+    child_env,
+    free_port,
+    markdown_table,
+    new_result,
+    percentiles,
+    running,
+    save_result,
+    spawn,
+    text_table,
+    wait_http,
+)
+from contracts.model_store import FileModelStore, ModelSnapshot, RedisModelStore
+from service.ann import build_item_index
+from service.ranking import RankOptions, ServingModel, limit_blas_threads
+
+TITLE = "Scale: a 10M-user / 1M-item model on one replica, exact vs ANN top-k"
+_CENTRES = 256
+RECALL_TARGET = 0.95
+RSS_TARGET_MIB = 150.0
+
+
+def synthetic_items(n_items: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(item table (I, d) float32, cluster centres (256, d)): items around random centres with
+    log-normal norms, as factor models' tables look (popular items have longer vectors)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((_CENTRES, dim)).astype(np.float32)
+    items = np.empty((n_items, dim), dtype=np.float32)
+    for start in range(0, n_items, 1_000_000):  # bounded temporaries
+        part = slice(start, min(n_items, start + 1_000_000))
+        size = part.stop - part.start
+        rows = centres[rng.integers(0, _CENTRES, size)] * 0.7
+        rows += rng.standard_normal((size, dim), dtype=np.float32) * 0.7
+        rows *= rng.lognormal(0.0, 0.3, (size, 1)).astype(np.float32)
+        items[part] = rows
+    return items, centres
+
+
+def synthetic_users(n_users: int, centres: np.ndarray, seed: int) -> np.ndarray:
+    """(U, d) float32 user table around the item centres, filled 1M rows at a time."""
+    rng = np.random.default_rng(seed + 1)
+    users = np.empty((n_users, centres.shape[1]), dtype=np.float32)
+    for start in range(0, n_users, 1_000_000):
+        part = slice(start, min(n_users, start + 1_000_000))
+        size = part.stop - part.start
+        users[part] = centres[rng.integers(0, _CENTRES, size)] * 0.7
+        users[part] += rng.standard_normal((size, centres.shape[1]), dtype=np.float32) * 0.7
+    return users
+
+
+def snapshot_of(users: np.ndarray, items: np.ndarray) -> ModelSnapshot:
+    """A version with ids ``u0..`` and ``i0..`` (what a store publishes)."""
+    return ModelSnapshot(
+        user_ids=[f"u{u}" for u in range(users.shape[0])],
+        item_ids=[f"i{i}" for i in range(items.shape[0])],
+        user_embeddings=users,
+        item_embeddings=items,
+        item_popularity=np.zeros(items.shape[0], dtype=np.float32),
+    )
+
+
+def rss_mib(pid: int) -> tuple[float, float]:
+    """(current, peak) resident memory of a process in MiB, from /proc."""
+    values = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("VmRSS:", "VmHWM:")):
+            values[line.split(":")[0]] = int(line.split()[1]) / 1024
+    return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
+
+
+def open_store(args: argparse.Namespace, data_dir: Path, prefix: str) -> Any:
+    if args.redis_url:
+        return RedisModelStore(args.redis_url, prefix)
+    return FileModelStore(data_dir / "models")
+
+
+def publish_step(
+    store: Any, users: np.ndarray, items: np.ndarray, base: str, server: Any
+) -> dict[str, Any]:
+    """Publish one version, wait until the server serves it; seconds, bytes, server RSS."""
+    snapshot = snapshot_of(users, items)
+    started = time.perf_counter()
+    version = store.publish(snapshot)
+    published = time.perf_counter()
+    del snapshot
+    gc.collect()
+    wait_http(
+        f"{base}/health/ready", 1800, server, ok=lambda body: body.get("model_version") == version
+    )
+    served = time.perf_counter()
+    size = int(store.load_meta(version)["size_bytes"])
+    rss, peak = rss_mib(server.process.pid)
+    return {
+        "users": int(users.shape[0]),
+        "version": version,
+        "publish_s": published - started,
+        "publish_bytes": size,
+        "bytes_per_user": size / users.shape[0],
+        "publish_to_served_s": served - published,
+        "server_rss_mib": rss,
+        "server_peak_rss_mib": peak,
+    }
+
+
+def ranking_latency(
+    items: np.ndarray, centres: np.ndarray, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Exact vs ANN ranking of one request each, interleaved, in this process (one BLAS
+    thread, as a server); recall@k of ANN against exact; with all items and 10 % eligible."""
+    users = synthetic_users(args.requests, centres, args.seed + 7)
+    exact = ServingModel.from_snapshot(snapshot_of(users, items))
+    started = time.perf_counter()
+    index = build_item_index(exact.item_matrix, 1)
+    build_s = time.perf_counter() - started
+    assert index is not None, "faiss is not installed"
+    approximate = dataclasses.replace(exact, ann=index)
+    eligible = np.random.default_rng(args.seed).random(items.shape[0]) < 0.1
+    conditions = {"all items": RankOptions(), "10 % eligible": RankOptions(eligible)}
+    out: dict[str, Any] = {"index_build_s": build_s, "lists": index.index.nlist}
+    out["probe"] = index.probe
+    for name, options in conditions.items():
+        times: dict[str, list[float]] = {"exact": [], "ann": []}
+        recalls = []
+        for row in range(args.requests):
+            answers = {}
+            for label, model in (("exact", exact), ("ann", approximate)):
+                began = time.perf_counter()
+                answers[label] = model.recommend(f"u{row}", args.k, options=options).item_ids
+                times[label].append((time.perf_counter() - began) * 1e3)
+            recalls.append(len(set(answers["ann"]) & set(answers["exact"])) / args.k)
+        out[name] = {
+            "exact_ms": percentiles(times["exact"], (50, 99)),
+            "ann_ms": percentiles(times["ann"], (50, 99)),
+            "recall_at_k": float(np.mean(recalls)),
+            "requests": args.requests,
+        }
+    return out
+
+
+def http_latency(base: str, n_users: int, requests: int, k: int) -> dict[str, Any]:
+    """GET /recommendations/{user}?k= one at a time against the server; ms percentiles."""
+    import httpx
+
+    rng = np.random.default_rng(3)
+    times = []
+    with httpx.Client(timeout=30.0) as client:
+        for user in rng.integers(0, n_users, requests):
+            began = time.perf_counter()
+            response = client.get(f"{base}/recommendations/u{user}", params={"k": k})
+            times.append((time.perf_counter() - began) * 1e3)
+            response.raise_for_status()
+    return {"requests": requests, "latency_ms": percentiles(times, (50, 99))}
+
+
+def single_machine(out_dir: Path) -> dict[str, Any]:
+    """The figures this run replaces, from the other results in ``out_dir`` (None if absent)
+    and issue 15's measurements of the server before it was made lean."""
+
+    def read(name: str, *path: str) -> Any:
+        try:
+            value: Any = json.loads((out_dir / f"{name}.json").read_text())
+            for key in path:
+                value = value[key]
+            return value
+        except (OSError, KeyError, IndexError, TypeError, ValueError):
+            return None
+
+    ranking = ("results", "ranking", "unfiltered", "latency_ms")
+    return {
+        "rss_before_data_mib": 577.0,  # issue 15: importing torch in the server
+        "ready_s": "2.0 + 3.3 per million events (issue 15: seen-items replay)",
+        "publish_s": read("freshness", "results", "publish", "publish_s", "p50"),
+        "publish_users": read("freshness", "results", "publish", "catalogue", "users"),
+        "ranking_p50_ms": read("filters", *ranking, "p50"),
+        "ranking_p99_ms": read("filters", *ranking, "p99"),
+        "ranking_items": read("filters", "results", "sizes", "items"),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    limit_blas_threads(1)
+    params = {k: v for k, v in vars(args).items() if k not in ("out", "redis_url")}
+    params["store"] = "redis" if args.redis_url else "files"
+    result = new_result("scale", TITLE, params)
+    results = result["results"]
+    results["single_machine"] = single_machine(args.out)
+    items, centres = synthetic_items(args.items, args.dim, args.seed)
+    work = Path(tempfile.mkdtemp(prefix="ccd-bench-scale-"))
+    prefix = f"ccd-bench-scale-{int(time.time())}"
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {"CCD_DATA_DIR": str(work), "CCD_RELOAD_POLL_S": "0.2", "CCD_LOG_LEVEL": "WARNING"}
+    env["CCD_ANN_MIN_ITEMS"] = str(args.ann_min_items)
+    if args.redis_url:
+        env.update(CCD_REDIS_URL=args.redis_url, CCD_REDIS_PREFIX=prefix)
+    command = [sys.executable, "-m", "ccd.cli", "serve", "--port", str(port)]
+    store = open_store(args, work, prefix)
+    try:
+        server = spawn("server", command, work / "server.log", child_env(**env))
+        with running(server):
+            started = time.perf_counter()
+            wait_http(f"{base}/health/live", 120, server)
+            results["server_live_s"] = time.perf_counter() - started
+            time.sleep(1.0)  # let start-up allocations settle
+            results["server_rss_before_data_mib"] = rss_mib(server.process.pid)[0]
+            steps = []
+            for n_users in sorted(args.users):
+                users = synthetic_users(n_users, centres, args.seed)
+                steps.append(publish_step(store, users, items, base, server))
+                print(json.dumps(steps[-1]), flush=True)
+                del users
+                gc.collect()
+            results["publish"] = steps
+            if args.redis_url:
+                results["redis_store_mib"] = _redis_mib(store, prefix)
+            results["http_ann"] = http_latency(base, max(args.users), args.http_requests, args.k)
+            results["server_ann_min_items"] = args.ann_min_items
+        results["ranking"] = ranking_latency(items, centres, args)
+    finally:
+        _drop_store(store, args, prefix)
+        shutil.rmtree(work, ignore_errors=True)
+    _targets(result)
+    result["notes"] += _notes(result)
+    return result
+
+
+def _notes(result: dict[str, Any]) -> list[str]:
+    """What a reader needs to read the tables right."""
+    results = result["results"]
+    build = results["ranking"]["index_build_s"]
+    return [
+        "Synthetic tables, no training: items around 256 random centres with log-normal "
+        "norms, users around the same centres. Recall depends on the tables; a trained "
+        "model's clustered tables are usually easier for IVF than these.",
+        f"Publish to served includes the server's ANN index build (the same build took "
+        f"{build:.1f} s in this process) and, for the larger version, dropping the previous "
+        "one; the server keeps serving the previous version meanwhile.",
+        "Every version carries the whole user table (publish bytes grow with users); the "
+        "single-machine publish figure is the Gowalla-sized student through the file store.",
+        "The server's peak RSS while swapping holds the old and the new version at once.",
+    ]
+
+
+def _redis_mib(store: Any, prefix: str) -> float:
+    """Redis memory of this run's keys (every kept version), MiB, by MEMORY USAGE."""
+    client = store._redis
+    keys = list(client.scan_iter(f"{prefix}:*"))
+    return sum(int(client.memory_usage(key) or 0) for key in keys) / 2**20
+
+
+def _drop_store(store: Any, args: argparse.Namespace, prefix: str) -> None:
+    """Remove what this run put in Redis (files go with the temporary folder)."""
+    if not args.redis_url:
+        return
+    client = store._redis
+    for key in client.scan_iter(f"{prefix}:*"):
+        client.delete(key)
+    store.close()
+
+
+def _targets(result: dict[str, Any]) -> None:
+    results = result["results"]
+    recall = results["ranking"]["all items"]["recall_at_k"]
+    n_items = result["params"]["items"]
+    add_target(
+        result,
+        Target(
+            f"ANN recall@{result['params']['k']} vs exact ({n_items:,} items)",
+            f">= {RECALL_TARGET}",
+            recall,
+            "",
+            recall >= RECALL_TARGET,
+        ),
+    )
+    rss = results["server_rss_before_data_mib"]
+    add_target(
+        result,
+        Target("server RSS before data", f"<= {RSS_TARGET_MIB:.0f} MB", rss, "MiB", rss <= 150),
+    )
+    largest = results["publish"][-1]
+    add_target(
+        result,
+        Target(
+            f"server RSS serving {largest['users']:,} users x {n_items:,} items",
+            "measured",
+            largest["server_rss_mib"],
+            "MiB",
+            None,
+        ),
+    )
+
+
+PUBLISH_HEADERS = [
+    "users",
+    "publish s",
+    "MB per version",
+    "bytes per user",
+    "publish to served s",
+    "server RSS MiB",
+    "server peak RSS MiB",
+]
+LATENCY_HEADERS = ["condition", "exact p50 ms", "exact p99 ms", "ANN p50 ms", "ANN p99 ms"]
+LATENCY_HEADERS += ["p50 speed-up", "recall@k"]
+
+
+def publish_rows(results: dict[str, Any]) -> list[list[Any]]:
+    return [
+        [
+            step["users"],
+            step["publish_s"],
+            step["publish_bytes"] / 1e6,
+            step["bytes_per_user"],
+            step["publish_to_served_s"],
+            step["server_rss_mib"],
+            step["server_peak_rss_mib"],
+        ]
+        for step in results["publish"]
+    ]
+
+
+def latency_rows(results: dict[str, Any]) -> list[list[Any]]:
+    rows = []
+    for name in ("all items", "10 % eligible"):
+        part = results["ranking"][name]
+        exact, ann = part["exact_ms"], part["ann_ms"]
+        speed = exact["p50"] / ann["p50"] if ann["p50"] else None
+        rows.append([name, exact["p50"], exact["p99"], ann["p50"], ann["p99"], speed])
+        rows[-1].append(part["recall_at_k"])
+    return rows
+
+
+def beside_rows(result: dict[str, Any]) -> list[list[Any]]:
+    """Each figure of this run beside the single-machine figure it replaces."""
+    results, params = result["results"], result["params"]
+    old = results["single_machine"]
+    largest = results["publish"][-1]
+    ranking = results["ranking"]["all items"]
+    old_items = old.get("ranking_items")
+    on = f" ({old_items:,} items)" if old_items else ""
+    old_users = old.get("publish_users")
+    published = f" ({old_users:,} users)" if old_users else ""
+    return [
+        ["server RSS before data, MiB", results["server_rss_before_data_mib"],
+         old["rss_before_data_mib"], "issue 15 (torch imported)"],
+        [f"server RSS serving {largest['users']:,} users, MiB", largest["server_rss_mib"],
+         None, "not measured at this size before"],
+        [f"time to ready after publish ({largest['users']:,} users), s",
+         largest["publish_to_served_s"], old["ready_s"], "log replay + load"],
+        [f"publish s per version ({largest['users']:,} users)", largest["publish_s"],
+         old.get("publish_s"), f"freshness{published}"],
+        [f"ranking p50 ms, ANN ({params['items']:,} items)", ranking["ann_ms"]["p50"],
+         old.get("ranking_p50_ms"), f"filters, exact{on}"],
+        [f"ranking p99 ms, ANN ({params['items']:,} items)", ranking["ann_ms"]["p99"],
+         old.get("ranking_p99_ms"), f"filters, exact{on}"],
+    ]  # fmt: skip
+
+
+BESIDE_HEADERS = ["figure", "this run", "single machine before", "source of the old figure"]
+
+
+def render(result: dict[str, Any]) -> str:
+    results, params = result["results"], result["params"]
+    ranking = results["ranking"]
+    http = results["http_ann"]["latency_ms"]
+    parts = [
+        f"Synthetic tables (no training): {params['items']:,} items, d={params['dim']}, users "
+        f"{', '.join(f'{u:,}' for u in sorted(params['users']))}; model store: "
+        f"{params['store']}. One `ccd serve` replica; RSS before data "
+        f"{results['server_rss_before_data_mib']:.0f} MiB"
+        + (
+            f"; the store's Redis keys (all versions) {results['redis_store_mib']:.0f} MiB"
+            if results.get("redis_store_mib") is not None
+            else ""
+        )
+        + ".\n",
+        "Publish through the model store, then until the server serves the version (load, "
+        "checks, id maps, ANN index):\n",
+        markdown_table(PUBLISH_HEADERS, publish_rows(results)),
+        f"\nRanking one request in process, exact scan vs ANN (faiss IVF, {ranking['lists']} "
+        f"lists, {ranking['probe']} probed; index built in {ranking['index_build_s']:.1f} s), "
+        f"{ranking['all items']['requests']} users, k={params['k']}, interleaved:\n",
+        markdown_table(LATENCY_HEADERS, latency_rows(results)),
+        f"\nHTTP, one request at a time to the server (ANN): p50 {http['p50']:.2f} ms, p99 "
+        f"{http['p99']:.2f} ms over {results['http_ann']['requests']} requests.\n",
+        "Beside the single-machine figures they replace:\n",
+        markdown_table(BESIDE_HEADERS, beside_rows(result)),
+    ]
+    return "\n".join(parts)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ccd bench scale", description=__doc__)
+    parser.add_argument(
+        "--users", type=int, nargs="+", default=[1_000_000, 10_000_000],
+        help="user counts, one published version each (ascending)",
+    )  # fmt: skip
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--dim", type=int, default=16)
+    parser.add_argument("--k", type=int, default=20)
+    parser.add_argument("--requests", type=int, default=300, help="ranking requests per side")
+    parser.add_argument("--http-requests", type=int, default=300)
+    parser.add_argument(
+        "--ann-min-items", type=int, default=200_000, help="the server's CCD_ANN_MIN_ITEMS"
+    )
+    parser.add_argument("--redis-url", help="publish through Redis at this URL (default: files)")
+    parser.add_argument("--seed", type=int, default=0)
+    add_output_args(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result = run(args)
+    print("\n" + text_table(PUBLISH_HEADERS, publish_rows(result["results"])))
+    print("\n" + text_table(LATENCY_HEADERS, latency_rows(result["results"])))
+    print("\n" + text_table(BESIDE_HEADERS, beside_rows(result)))
+    save_result(result, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
