@@ -184,7 +184,7 @@ class ModelStore(Protocol):
 def open_model_store(settings: Settings) -> ModelStore:
     """The store the settings select: Redis if a URL is set, else versioned files in data_dir."""
     if settings.uses_redis:
-        return RedisModelStore(settings.redis_url, settings.redis_prefix, settings.keep_versions)
+        return RedisModelStore(settings.redis_url, settings.store_prefix, settings.keep_versions)
     return FileModelStore(settings.model_store_dir, settings.keep_versions)
 
 

@@ -7,6 +7,7 @@ embedded event log and model store under ``data_dir``.
 
 from __future__ import annotations
 
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Literal
@@ -15,6 +16,32 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.events import DEFAULT_EVENT_WEIGHTS, EventWeights
+
+DEFAULT_GROUP_ID = "ccd-trainer"
+
+
+def parse_ab(text: str) -> list[tuple[str, int]]:
+    """``slot:weight,...`` as (slot, weight) pairs; raises ``ValueError`` if malformed.
+
+    Examples:
+        >>> parse_ab("ccd:50,als:50")
+        [('ccd', 50), ('als', 50)]
+        >>> parse_ab("")
+        []
+    """
+    arms: list[tuple[str, int]] = []
+    for part in filter(None, (piece.strip() for piece in text.split(","))):
+        name, _, weight = part.partition(":")
+        if not re.fullmatch(r"[a-z0-9_-]{1,32}", name) or not weight.isdigit() or int(weight) < 1:
+            raise ValueError(
+                f"A/B arm {part!r} is not slot:weight (slot of a-z 0-9 _ -, weight >= 1)"
+            )
+        if name in dict(arms):
+            raise ValueError(f"A/B arm {name!r} named twice")
+        arms.append((name, int(weight)))
+    if len(arms) == 1:
+        raise ValueError("an A/B split needs at least two arms")
+    return arms
 
 
 class Settings(BaseSettings):
@@ -28,7 +55,7 @@ class Settings(BaseSettings):
     kafka_dead_letter_topic: str = Field(
         "interactions.dead-letter", description="Where malformed messages go"
     )
-    kafka_group_id: str = Field("ccd-trainer", description="Consumer group of the trainer")
+    kafka_group_id: str = Field(DEFAULT_GROUP_ID, description="Consumer group of the trainer")
     kafka_partitions: int = Field(
         1,
         ge=1,
@@ -185,6 +212,18 @@ class Settings(BaseSettings):
         description="Sliding window of GET /stats/online and the dashboard's online metrics "
         "(impressions made this long ago at most)",
     )
+    model_slot: str = Field(
+        "",
+        pattern=r"^[a-z0-9_-]{0,32}$",
+        description="Named model slot a trainer publishes to (its own store keys or folder, "
+        "lease, checkpoints and, unless set, consumer group ccd-trainer-SLOT); empty = the "
+        "default slot",
+    )
+    ab: str = Field(
+        "",
+        description="A/B split of a server's users between model slots by a stable hash of the "
+        "user id, as slot:weight,... (e.g. ccd:50,als:50); empty = the default slot only",
+    )
 
     # --- item catalogue and request filters -------------------------------------------------
     catalogue_poll_s: float = Field(
@@ -199,6 +238,41 @@ class Settings(BaseSettings):
         gt=0,
         description="new_item_boost halves for every this many seconds since an item was added",
     )
+
+    @field_validator("ab")
+    @classmethod
+    def _parse_ab(cls, value: str) -> str:
+        parse_ab(value)  # refused at start-up, naming the variable
+        return value
+
+    @model_validator(mode="after")
+    def _slot_consumer_group(self) -> Settings:
+        """A slot's trainer reads the stream in a group of its own (the default slot's trainer
+        keeps ``ccd-trainer``), so two learners see the same events."""
+        if self.model_slot and self.kafka_group_id == DEFAULT_GROUP_ID:
+            self.kafka_group_id = f"{DEFAULT_GROUP_ID}-{self.model_slot}"
+        return self
+
+    def for_slot(self, slot: str) -> Settings:
+        """These settings with ``model_slot`` = ``slot`` (a server's view of one A/B arm)."""
+        return self.model_copy(update={"model_slot": slot})
+
+    @property
+    def store_prefix(self) -> str:
+        """Prefix of the model store's and the writer lease's Redis keys: the slot's own."""
+        return (
+            f"{self.redis_prefix}:slot:{self.model_slot}" if self.model_slot else self.redis_prefix
+        )
+
+    @property
+    def slot_dir(self) -> Path:
+        """Where the slot's embedded model store, checkpoints and writer lock live."""
+        return self.data_dir / "slots" / self.model_slot if self.model_slot else self.data_dir
+
+    @property
+    def ab_arms(self) -> list[tuple[str, int]]:
+        """The parsed ``ab``: (slot, weight) pairs; empty without an A/B split."""
+        return parse_ab(self.ab)
 
     @field_validator("event_weights")
     @classmethod
@@ -248,10 +322,10 @@ class Settings(BaseSettings):
     def event_log_path(self) -> Path:
         return self.data_dir / "events.sqlite"
 
-    @cached_property
+    @property
     def model_store_dir(self) -> Path:
-        return self.data_dir / "models"
+        return self.slot_dir / "models"
 
-    @cached_property
+    @property
     def checkpoint_dir(self) -> Path:
-        return self.data_dir / "checkpoints"
+        return self.slot_dir / "checkpoints"

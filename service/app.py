@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -19,6 +20,7 @@ from contracts.event_log import EventLog, open_event_log
 from contracts.model_store import ModelStore, open_model_store
 from contracts.settings import Settings
 from contracts.version import package_version
+from service.ab import ArmAssigner
 from service.attribution import Attribution
 from service.breaker import CircuitBreaker
 from service.catalogue import CatalogueView
@@ -97,6 +99,32 @@ def _impression_recorder(
     return ImpressionRecorder(store, metrics, settings.impressions_max, on_batch=attribution.add)
 
 
+def _add_arm_views(state: ServiceState, arm_stores: dict[str, ModelStore]) -> None:
+    """With an A/B split (``arm_stores``: each arm's slot store, in CCD_AB order): the user
+    assigner and one view of ``state`` per arm, with the arm's model holder (the first arm's is
+    ``state.holder``) and store (``service.ab``)."""
+    if not arm_stores:
+        return
+    state.assign = ArmAssigner(state.settings.ab_arms)
+    state.arm = next(iter(arm_stores))
+    for arm, arm_store in arm_stores.items():
+        holder = state.holder
+        if arm != state.arm:
+            holder = ModelHolder(
+                arm_store,
+                state.metrics,
+                state.settings.reload_poll_s,
+                ann_min_items=state.settings.ann_min_items,
+            )
+            holder.prepare = state.catalogue.prepare
+        state.views[arm] = replace(state, holder=holder, store=arm_store, arm=arm, views={})
+
+
+def _holder_views(state: ServiceState) -> list[ServiceState]:
+    """The states whose model holders run: one per arm, or the app's own."""
+    return list(state.views.values()) or [state]
+
+
 def create_app(
     settings: Settings,
     store: ModelStore | None = None,
@@ -123,8 +151,11 @@ def create_app(
             settings.online_window_s,
             settings.impressions_max,
         )
+        # With CCD_AB, one store per arm's slot; the first arm's holder is the app's own.
+        arm_stores = {arm: open_model_store(settings.for_slot(arm)) for arm, _ in settings.ab_arms}
+        first_store = next(iter(arm_stores.values()), model_store)
         holder = ModelHolder(
-            model_store,
+            first_store,
             service_metrics,
             settings.reload_poll_s,
             ann_min_items=settings.ann_min_items,
@@ -147,16 +178,18 @@ def create_app(
             tailer=tailer,
             event_log=log_writer,
             event_breaker=CircuitBreaker(EVENT_LOG_COOLDOWN_S),
-            store=model_store,
+            store=first_store,
             metrics=service_metrics,
             catalogue=catalogue,
             impressions=recorder,
             attribution=attribution,
         )
+        _add_arm_views(state, arm_stores)
         app.state.service = state
         state.tailer.start()
         state.catalogue.start()  # read before the first model, whose masks it feeds
-        state.holder.start()
+        for view in _holder_views(state):
+            view.holder.start()
         state.impressions.start()
         try:
             yield
@@ -166,7 +199,10 @@ def create_app(
                 state.impressions.store.close()
             state.catalogue.stop()
             state.catalogue.store.close()
-            state.holder.stop()
+            for view in _holder_views(state):
+                view.holder.stop()
+            for arm_store in arm_stores.values():
+                arm_store.close()
             state.tailer.stop()
             state.seen.close()
             if owned_log:

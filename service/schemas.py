@@ -30,6 +30,9 @@ class Recommendations(BaseModel):
     recommendation_id: str = Field(
         description="Identifies this answer; send it back as an event's recommendation_id"
     )
+    arm: str = Field(
+        description="The A/B arm (model slot, CCD_AB) that answered; 'default' without a split"
+    )
 
 
 class BatchRecommendationRequest(BaseModel):
@@ -104,6 +107,9 @@ class RollbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     version: int = Field(ge=1, description="A kept version (see GET /admin/versions)")
+    slot: str | None = Field(
+        None, description="The A/B arm's model slot (CCD_AB) to roll back; default: the first"
+    )
 
 
 class RollbackResult(BaseModel):

@@ -12,10 +12,11 @@ from contracts.event_log import EventLog
 from contracts.model_store import ModelStore
 from contracts.settings import Settings
 from contracts.throttle import WarningThrottle
+from service.ab import ArmAssigner
 from service.attribution import Attribution
 from service.breaker import CircuitBreaker
 from service.catalogue import CatalogueView
-from service.impressions import ImpressionRecorder
+from service.impressions import DEFAULT_ARM, ImpressionRecorder
 from service.metrics import ServiceMetrics
 from service.model_holder import ModelHolder
 from service.ranking import ServingModel
@@ -37,9 +38,18 @@ class ServiceState:
     catalogue: CatalogueView
     impressions: ImpressionRecorder
     attribution: Attribution
+    # The A/B split (service.ab): ``assign`` names a user's arm, ``views`` holds per arm this
+    # state with that arm's model holder and store; without CCD_AB one arm, ``default``: self.
+    assign: ArmAssigner = field(default_factory=lambda: ArmAssigner([]))
+    views: dict[str, ServiceState] = field(default_factory=dict)
+    arm: str = DEFAULT_ARM
     # Log lines about events with unknown fields (updated from several request threads without
     # a lock: a race can only shift which line is logged, never lose an event or a count).
     unknown_field_warnings: WarningThrottle = field(default_factory=WarningThrottle)
+
+    def view_of(self, user_id: str) -> ServiceState:
+        """The state whose holder serves ``user_id``'s arm (self without an A/B split)."""
+        return self.views.get(self.assign(user_id), self) if self.views else self
 
     def require_model(self) -> ServingModel:
         """The served version (read once: the caller keeps it for the whole request), or 503."""

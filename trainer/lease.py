@@ -70,10 +70,11 @@ class WriterLease(Protocol):
 
 
 def open_lease(settings: Settings) -> WriterLease:
-    """The Redis lease next to a Redis store, else a lock file in ``data_dir``."""
+    """The Redis lease next to a Redis store, else a lock file in ``data_dir`` (both the model
+    slot's own: ``Settings.store_prefix``, ``Settings.slot_dir``)."""
     if settings.uses_redis:
-        return RedisLease(settings.redis_url, settings.redis_prefix, settings.lease_ttl_s)
-    return FileLease(settings.data_dir / LOCK_FILE)
+        return RedisLease(settings.redis_url, settings.store_prefix, settings.lease_ttl_s)
+    return FileLease(settings.slot_dir / LOCK_FILE)
 
 
 def _holder_name() -> str:

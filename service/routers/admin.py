@@ -23,7 +23,7 @@ from service.guards import (
     require_json,
 )
 from service.schemas import ErrorMessage, RollbackRequest, RollbackResult, VersionsInfo
-from service.state import RETRY_AFTER_S, State
+from service.state import RETRY_AFTER_S, ServiceState, State
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,15 @@ def _store_unavailable(error: Exception) -> HTTPException:
     )
 
 
+def _slot_state(state: ServiceState, slot: str | None) -> ServiceState:
+    """The state of an A/B arm's slot (``state`` itself for None); 404 for an unknown one."""
+    if slot is None or (not state.views and slot == state.arm):
+        return state
+    if slot not in state.views:
+        raise HTTPException(404, f"no model slot {slot!r} here (CCD_AB names the slots)")
+    return state.views[slot]
+
+
 def build_router(settings: Settings) -> APIRouter:
     router = APIRouter(
         prefix="/admin",
@@ -56,9 +65,11 @@ def build_router(settings: Settings) -> APIRouter:
         },
     )
 
-    @router.get("/versions")
-    def versions(state: State) -> VersionsInfo:
-        """The versions the store keeps, the one its pointer names and the one served here."""
+    @router.get("/versions", responses={404: {"model": ErrorMessage, "description": "No slot"}})
+    def versions(state: State, slot: str | None = None) -> VersionsInfo:
+        """The versions the store keeps, the one its pointer names and the one served here
+        (of an A/B arm's `slot`; default: the first arm, or the one slot)."""
+        state = _slot_state(state, slot)
         try:
             kept, current = state.store.versions(), state.store.current_version()
         except Exception as error:
@@ -73,14 +84,15 @@ def build_router(settings: Settings) -> APIRouter:
         dependencies=[Depends(require_json)],  # after the key: 401/403 before 415
         responses={
             **UNSUPPORTED_MEDIA_TYPE,
-            404: {"model": ErrorMessage, "description": "The store does not keep this version"},
+            404: {"model": ErrorMessage, "description": "No such kept version, or slot"},
             409: {"model": ErrorMessage, "description": "The version fails its checks"},
         },
     )
     def rollback(state: State, request: RollbackRequest) -> RollbackResult:
         """Point the store's current version at a kept one and serve it here at once (other
         servers follow the store's notification). The trainer's next publication supersedes
-        it, as any new version does."""
+        it, as any new version does. With an A/B split, `slot` names the arm."""
+        state = _slot_state(state, request.slot)
         served = state.holder.model
         try:
             model = state.holder.rollback(request.version)

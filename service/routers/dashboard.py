@@ -159,6 +159,19 @@ def _ops(state: ServiceState) -> dict[str, Any]:
     }
 
 
+def _arms(state: ServiceState) -> list[dict[str, Any]]:
+    """The A/B arms (CCD_AB): slot, weight and the version served from it; [] without a split."""
+    weights = dict(state.settings.ab_arms)
+    return [
+        {
+            "arm": arm,
+            "weight": weights.get(arm),
+            "served_version": view.holder.model.version if view.holder.model else None,
+        }
+        for arm, view in state.views.items()
+    ]
+
+
 def build_router() -> APIRouter:
     router = APIRouter(tags=["dashboard"])
     history = VersionHistory()
@@ -186,6 +199,7 @@ def build_router() -> APIRouter:
             "kept": [summaries[v] for v in kept if v in summaries],
             "history": list(summaries.values()),
             "store_error": store_error,
+            "arms": _arms(state),
             "online": state.attribution.stats(),
             "ops": _ops(state),
             "eval_k": state.settings.eval_k,
@@ -201,11 +215,13 @@ def build_router() -> APIRouter:
         current top-k (not recorded as an impression)."""
         from service.routers.recommendations import _rank
 
+        state = state.view_of(user_id)  # the user's A/B arm
         version, (ranked,) = _rank(state, [user_id], k, [True])
         items = sorted(state.seen.items_of(user_id))
         impressions = state.attribution.impressions_of(user_id)
         return {
             "user_id": user_id,
+            "arm": state.arm,
             "model_version": version,
             "strategy": ranked.strategy,
             "recommendations": [

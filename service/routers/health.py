@@ -22,7 +22,8 @@ def build_router() -> APIRouter:
         event log as it was at start (so recommendations exclude what users already saw)."""
         model = state.holder.model
         caught_up = state.tailer.caught_up.is_set()
-        is_ready = model is not None and caught_up
+        arms = state.views.values() or [state]  # with an A/B split every arm needs its model
+        is_ready = all(view.holder.model is not None for view in arms) and caught_up
         if not is_ready:
             response.status_code = 503
         return Readiness(

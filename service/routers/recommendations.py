@@ -52,7 +52,7 @@ def _default_k(max_k: int) -> int:
 
 
 def _response(
-    user_id: str, ranked: Ranked, version: int, recommendation_id: str
+    user_id: str, ranked: Ranked, version: int, recommendation_id: str, arm: str
 ) -> Recommendations:
     items = [
         ScoredItem(item_id=item, score=score)
@@ -64,6 +64,7 @@ def _response(
         model_version=version,
         strategy=ranked.strategy,
         recommendation_id=recommendation_id,
+        arm=arm,
     )
 
 
@@ -113,7 +114,7 @@ def _seen_items(
 
 
 def _one_user_response(
-    user_id: str, version: int, ranked: Ranked, recommendation_id: str
+    user_id: str, version: int, ranked: Ranked, recommendation_id: str, arm: str
 ) -> Response:
     """The answer of ``GET /recommendations/{user_id}``, JSON built directly from the ranked
     lists (response-model validation costs more than the ranking)."""
@@ -126,6 +127,7 @@ def _one_user_response(
         "model_version": version,
         "strategy": ranked.strategy,
         "recommendation_id": recommendation_id,
+        "arm": arm,
     }
     return Response(orjson.dumps(body), media_type="application/json")
 
@@ -163,23 +165,31 @@ def build_router(settings: Settings) -> APIRouter:
         Filters restrict it to the eligible items (still exactly k when k are eligible)."""
         # Ranking one user takes well under a millisecond, less than a thread-pool handoff, so
         # it runs inline on the event loop.
+        state = state.view_of(user_id)  # the user's A/B arm (service.ab)
         version, (ranked,) = _rank(state, [user_id], k, [exclude_seen], item_filter)
-        rid = state.impressions.record(user_id, ranked.item_ids, version)
-        return _one_user_response(user_id, version, ranked, rid)
+        rid = state.impressions.record(user_id, ranked.item_ids, version, state.arm)
+        return _one_user_response(user_id, version, ranked, rid, state.arm)
 
     @router.post("/recommendations", responses=_NO_MODEL)
     def recommend_batch(state: State, request: batch_request) -> BatchRecommendations:  # type: ignore[valid-type]
-        """Recommendations for several users, all from the same model version."""
+        """Recommendations for several users, all from the same model version (with an A/B
+        split: each user's arm's; `model_version` is then the first user's)."""
         user_ids = request.user_ids
-        seen = [request.exclude_seen] * len(user_ids)
         item_filter = request.item_filter(settings)
-        version, ranked = _rank(state, user_ids, request.k, seen, item_filter, "body")
-        record = state.impressions.record
-        responses = [
-            _response(user, result, version, record(user, result.item_ids, version))
-            for user, result in zip(user_ids, ranked, strict=True)
-        ]
-        return BatchRecommendations(model_version=version, results=responses)
+        by_arm: dict[str, list[int]] = {}
+        for position, user in enumerate(user_ids):
+            by_arm.setdefault(state.view_of(user).arm, []).append(position)
+        responses: list[Recommendations | None] = [None] * len(user_ids)
+        for positions in by_arm.values():
+            view = state.view_of(user_ids[positions[0]])
+            users = [user_ids[p] for p in positions]
+            seen = [request.exclude_seen] * len(users)
+            version, ranked = _rank(view, users, request.k, seen, item_filter, "body")
+            for position, user, result in zip(positions, users, ranked, strict=True):
+                rid = state.impressions.record(user, result.item_ids, version, view.arm)
+                responses[position] = _response(user, result, version, rid, view.arm)
+        results = [response for response in responses if response is not None]
+        return BatchRecommendations(model_version=results[0].model_version, results=results)
 
     return router
 
@@ -210,7 +220,7 @@ class OneUserFastLane:
         self.max_k = max_k
         self.max_filter_ids = max_filter_ids
         self.default_k = _default_k(max_k)
-        self.batcher = OneUserBatcher()
+        self.batchers: dict[str, OneUserBatcher] = {}  # by A/B arm
         # Set as the request's route, as FastAPI would: the metrics middleware labels by it.
         self.route: BaseRoute = next(
             route for route in router.routes if getattr(route, "path", None) == ONE_USER_ROUTE
@@ -221,15 +231,16 @@ class OneUserFastLane:
         if request is None:
             await self.app(scope, receive, send)
             return
-        state: ServiceState = scope["app"].state.service
+        user_id, k, exclude_seen, item_filter = request
+        state: ServiceState = scope["app"].state.service.view_of(user_id)  # the user's arm
         if state.holder.model is None:  # the route answers 503
             await self.app(scope, receive, send)
             return
-        user_id, k, exclude_seen, item_filter = request
         if item_filter is NO_FILTER:
             scope["route"] = self.route
+            batcher = self.batchers.setdefault(state.arm, OneUserBatcher())  # one per arm
             try:
-                version, ranked = await self.batcher.rank(state, user_id, k, exclude_seen)
+                version, ranked = await batcher.rank(state, user_id, k, exclude_seen)
             except HTTPException:  # the seen items unavailable: the route answers the 503
                 await self.app(scope, receive, send)
                 return
@@ -240,8 +251,8 @@ class OneUserFastLane:
                 await self.app(scope, receive, send)
                 return
             scope["route"] = self.route
-        rid = state.impressions.record(user_id, ranked.item_ids, version)
-        await _one_user_response(user_id, version, ranked, rid)(scope, receive, send)
+        rid = state.impressions.record(user_id, ranked.item_ids, version, state.arm)
+        await _one_user_response(user_id, version, ranked, rid, state.arm)(scope, receive, send)
 
     def _plain_request(self, scope: Scope) -> tuple[str, int, bool, ItemFilter] | None:
         """(user_id, k, exclude_seen, filter) of a request that needs no validation error (the

@@ -70,6 +70,8 @@ function showHeader(data) {
   $("served-version").textContent = data.served_version ?? "none";
   $("current-version").textContent = data.current_version ?? "–";
   $("served-learner").textContent = served.learner ?? "–";
+  $("arms-fact").hidden = data.arms.length === 0;
+  $("arms").textContent = data.arms.map((a) => `${a.arm} (${a.weight}) v${a.served_version ?? "–"}`).join(" · ");
   $("served-size").textContent = served.n_users ? `${served.n_users} × ${served.n_items}` : "–";
   const stale = data.ops.model_staleness_s;
   $("newest-event").textContent = stale === null ? "–" : `${when(served.newest_event_at)} (${stale.toFixed(0)} s ago)`;
