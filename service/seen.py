@@ -168,14 +168,16 @@ class SqliteSource:
 
 class KafkaSource:
     """Reads every partition of the topic from the beginning with no consumer group; with
-    ``from_end``, the partitions that exist at the first read from their end instead (nothing
-    to catch up on: ``at_end`` at once; partitions added later still from their start)."""
+    ``since_s`` (epoch seconds), the partitions that exist at the first read from their first
+    record stamped at or after it instead (nothing to catch up on: ``at_end`` at once; however
+    late the reader is assigned, no record of that time on is skipped; partitions added later
+    still from their start)."""
 
-    def __init__(self, bootstrap_servers: str, topic: str, from_end: bool = False) -> None:
+    def __init__(self, bootstrap_servers: str, topic: str, since_s: float | None = None) -> None:
         from kafka import KafkaConsumer
 
         self._topic = topic
-        self._from_end = from_end
+        self._since_ms = None if since_s is None else int(since_s * 1000)
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap_servers,
             group_id=None,
@@ -204,8 +206,13 @@ class KafkaSource:
         assigned = [TopicPartition(self._topic, p) for p in sorted(self._assigned)]
         fresh = [TopicPartition(self._topic, p) for p in sorted(new)]
         self._consumer.assign(assigned)
-        if self._from_end and not self._reached_end:
-            self._consumer.seek_to_end(*fresh)
+        if self._since_ms is not None and not self._reached_end:
+            found = self._consumer.offsets_for_times({tp: self._since_ms for tp in fresh})
+            for tp in fresh:
+                if found.get(tp) is None:  # no record that recent yet
+                    self._consumer.seek_to_end(tp)
+                else:
+                    self._consumer.seek(tp, found[tp].offset)
             self._reached_end = True
             return
         self._consumer.seek_to_beginning(*fresh)
@@ -233,12 +240,12 @@ class KafkaSource:
         self._consumer.close()
 
 
-def source_for(settings: Settings, from_end: bool = False) -> Callable[[], EventSource]:
+def source_for(settings: Settings, from_now: bool = False) -> Callable[[], EventSource]:
     """The reader matching the configured event log (Kafka, else the embedded SQLite log);
-    ``from_end`` (Kafka only) skips what the log holds already."""
+    ``from_now`` (Kafka only): from the records stamped at or after the reader's opening."""
     if settings.uses_kafka:
         servers, topic = settings.kafka_bootstrap_servers, settings.kafka_topic
-        return lambda: KafkaSource(servers, topic, from_end)
+        return lambda: KafkaSource(servers, topic, time.time() if from_now else None)
     path = settings.event_log_path
     return lambda: SqliteSource(path)
 
@@ -362,13 +369,13 @@ def build_seen(
 
     ``CCD_SEEN_STORE=memory``: ``SeenItems`` in this process, fed by a tailer that replays the
     log from its start (ready once caught up). ``redis``: ``RedisSeenIndex`` (filled by
-    ``ccd indexer``), and a tailer that reads from the log's end for ``observe`` only (ready at
-    once: no replay, no pairs held here)."""
+    ``ccd indexer``), and a tailer that reads the events from its start on for ``observe`` only
+    (ready at once: no replay, no pairs held here)."""
     if settings.seen_store == "redis":
         assert settings.redis_url is not None  # Settings refuses redis without it
         index = RedisSeenIndex(settings.redis_url, settings.redis_prefix, settings.seen_timeout_s)
         return index, SeenTailer(
-            source_for(settings, from_end=True), None, metrics, observe=observe
+            source_for(settings, from_now=True), None, metrics, observe=observe
         )
     seen = SeenItems()
     return seen, SeenTailer(source_for(settings), seen, metrics, observe=observe)

@@ -13,7 +13,10 @@ excludes the item at once, before the indexer reads it back). SADD is idempotent
 twice, or re-read after an indexer restart, is one member.
 
 Who reads: every server, per request, with one round trip: ``items_of_many`` sends one SMEMBERS
-per user in one pipeline (a batch request is one pipeline for all its users). A replica holds
+per user in one pipeline (a batch request is one pipeline for all its users; the fast lane's
+one-user requests of one event-loop turn, ranked together, share one too). The read is a
+blocking call on the event loop, like the ranking it precedes: one round trip (~0.25 ms for 100
+items with hiredis on localhost, docs/BENCHMARKS.md "Seen items in Redis"). A replica holds
 no pairs and replays no log, so its memory does not grow with the number of pairs and it is
 ready as soon as it has a model.
 

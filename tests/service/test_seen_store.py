@@ -118,6 +118,9 @@ def test_posted_events_are_excluded_at_once_and_produced_ones_via_the_indexer(
             # Produced to Kafka behind the server's back: excluded once the indexer wrote it.
             log.append([InteractionEvent(user_id="u0", item_id="i3")])
             wait_until(lambda: top(client) == ["i0", "i1", "i4"], 30.0)
+            # Outcome attribution still reads every event (from the server's start on).
+            hits = lambda: client.get("/stats/online").json()["total"]["hits"]  # noqa: E731
+            wait_until(lambda: hits() == 2, 30.0)  # i2 (posted) and i3 (produced), shown to u0
             batch = client.post("/recommendations", json={"user_ids": ["u0", "u1"], "k": 2})
             assert [[e["item_id"] for e in r["items"]] for r in batch.json()["results"]] == [
                 ["i0", "i1"],
