@@ -15,8 +15,9 @@ Order of things, per answer:
 Bounds: the buffer holds at most ``impressions_max`` impressions (more are dropped and counted,
 ``ccd_impressions_dropped_total``: a stalled store never grows the server); the stream and the
 table hold about ``impressions_max`` (Redis trims ``~``: whole macro nodes, a few dozen entries
-over at most). A store that fails loses that batch for the record (counted and logged, not
-retried); attribution, which works on the in-memory index, does not depend on it.
+over at most). A store that fails loses that batch for the record (counted, and logged once
+when the store goes down and once when it is back; not retried); attribution, which works on
+the in-memory index, does not depend on it.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Protocol
 import orjson
 
 from contracts.settings import Settings
-from contracts.throttle import WarningThrottle
+from contracts.throttle import OutageLog
 from service.metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
@@ -221,7 +222,7 @@ class ImpressionRecorder:
         self._buffer: deque[Impression] = deque()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._warnings = WarningThrottle()
+        self._outage = OutageLog(log, "impression store")  # one line down, one line back
         self._flush_lock = threading.Lock()
 
     def record(
@@ -268,12 +269,11 @@ class ImpressionRecorder:
         assert self.store is not None
         try:
             self.store.write(batch)
-        except Exception as error:
+        except Exception as error:  # lost for the record, counted; attribution has them
             self._metrics.impressions_store_failures.inc(len(batch))
-            if self._warnings.allow() or self._warnings.summary():
-                log.warning(
-                    "impression store write failed (%d lost for the record): %s", len(batch), error
-                )
+            self._outage.failed(error)
+            return
+        self._outage.succeeded()
 
     def stop(self, timeout_s: float = 5.0) -> None:
         self._stop.set()

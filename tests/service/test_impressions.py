@@ -3,9 +3,11 @@ Redis stream on the real redis-server)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 
+import pytest
 import redis
 from fastapi.testclient import TestClient
 
@@ -90,3 +92,41 @@ def test_disabled_recorder_still_answers_ids(tmp_path: Path) -> None:
     recorder = ImpressionRecorder(None, ServiceMetrics(), max_buffered=3)
     assert len(recorder.record("u0", ["i1"], 1)) == 12
     assert recorder.flush() == 0
+
+
+class _DownStore:
+    """An impression store whose writes fail until ``up`` is set."""
+
+    def __init__(self) -> None:
+        self.up = False
+        self.kept: list[Impression] = []
+
+    def write(self, batch: list[Impression]) -> None:
+        if not self.up:
+            raise ConnectionError("store down")
+        self.kept.extend(batch)
+
+    def recent(self, count: int) -> list[Impression]:
+        return self.kept[-count:][::-1]
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_store_outage_is_counted_and_logged_once_each_way(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    metrics, store = ServiceMetrics(), _DownStore()
+    indexed: list[Impression] = []
+    recorder = ImpressionRecorder(store, metrics, max_buffered=100, on_batch=indexed.extend)
+    with caplog.at_level(logging.WARNING, logger="service.impressions"):
+        for _ in range(5):
+            recorder.record("u0", ["i1"], 1)
+            recorder.flush()
+        store.up = True
+        recorder.record("u0", ["i1"], 1)
+        recorder.flush()
+    assert metrics.registry.get_sample_value("ccd_impressions_store_failures_total") == 5
+    assert len(indexed) == 6 and len(store.kept) == 1  # attribution saw every one
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 2 and "unreachable" in lines[0] and "reachable again" in lines[1]
