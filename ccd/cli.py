@@ -406,6 +406,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         context.Process(target=_trainer_child, args=(config, parent), name="trainer"),
         context.Process(target=_producer_child, args=(config, source, parent), name="producer"),
     ]
+    if settings.seen_store == "redis":  # the server reads seen items the indexer writes
+        children.append(
+            context.Process(target=_indexer_child, args=(config, parent), name="indexer")
+        )
     _interrupt_on_stop_signals()  # before the children exist: no signal may skip their stop
     stopping = threading.Event()
     try:
@@ -521,6 +525,14 @@ def _trainer_child(config: dict[str, Any], parent: int) -> None:
     from trainer.process import run_trainer
 
     run_trainer(settings, stop=stop)
+
+
+def _indexer_child(config: dict[str, Any], parent: int) -> None:
+    stop = threading.Event()
+    settings = _child_setup(config, parent, stop)
+    from service.indexer import run_indexer
+
+    run_indexer(settings, stop)
 
 
 def _producer_child(config: dict[str, Any], source: dict[str, Any], parent: int) -> None:
