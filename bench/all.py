@@ -32,7 +32,8 @@ QUICK = {
     "learners": "--blocks 1 --base-events 600 --block-events 300 --users 80 --items 60",
     "filters": "--scale 0.02 --rounds 50",
     "scale": "--users 50 200 --items 300 --dim 4 --requests 10 --http-requests 5 "
-    "--ann-min-items 100",
+    "--ann-min-items 100 --churn-blocks 1 --churn-users 60 --churn-items 40 "
+    "--churn-base-events 300 --churn-block-events 150",
 }
 USAGE = (
     "usage: ccd bench {serving,ingest,update,freshness,swap,learners,filters,scale,all,report,"

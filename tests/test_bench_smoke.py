@@ -243,6 +243,8 @@ def test_scale_benchmark_runs_at_tiny_sizes_and_reports(tmp_path: Path) -> None:
     args = scale.build_parser().parse_args(
         ["--users", "200", "50", "--items", "300", "--dim", "4", "--requests", "10"]
         + ["--http-requests", "5", "--ann-min-items", "100", "--out", str(tmp_path)]
+        + ["--churn-blocks", "1", "--churn-users", "60", "--churn-items", "40"]
+        + ["--churn-base-events", "300", "--churn-block-events", "150"]
     )
     result = scale.run(args)
     steps = result["results"]["publish"]
@@ -253,8 +255,12 @@ def test_scale_benchmark_runs_at_tiny_sizes_and_reports(tmp_path: Path) -> None:
     assert ranking["probe"] == ranking["lists"]  # 300 items: every list probed
     assert ranking["all items"]["recall_at_k"] == 1.0  # so ANN equals exact
     assert result["results"]["http_ann"]["requests"] == 5
+    churn = result["results"]["churn"]
+    assert set(churn) == {"ccd (best)", "bpr (best)", "als (best)"}
+    assert all(len(pairs) == 1 and 0 <= pairs[0]["changed_share"] <= 1 for pairs in churn.values())
     text = report.section("scale", result)
     assert "exact scan vs ANN" in text and "single-machine figures" in text
+    assert "delta version" in text and "bytes per user" in text
 
 
 def test_recorded_paths_inside_the_repository_are_relative(tmp_path: Path) -> None:
