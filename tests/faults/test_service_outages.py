@@ -238,22 +238,29 @@ def test_a_redis_outage_is_logged_once_when_it_starts_and_once_when_it_ends(
                 redis.kill()
                 time.sleep(OUTAGE_S)
                 redis.start()
-                wait_until(lambda: "reachable again" in caplog.text, 30)
+                wait_until(lambda: caplog.text.count("reachable again") >= 2, 30)
                 metrics = client.get("/metrics").text
             assert client.get("/recommendations/u0").status_code == 200
     finally:
         redis.stop()
-    # The model store's and its holder's lines: a seen-items tailer left in this pytest process
-    # by an earlier fault test (whose Kafka it stopped) may log about its own outage.
+    # The model store's and the item catalogue's lines (both in Redis), one pair each: a
+    # seen-items tailer left in this pytest process by an earlier fault test (whose Kafka it
+    # stopped) may log about its own outage.
     lines = [
         r
         for r in caplog.records
         if r.name.startswith(("service", "contracts")) and r.name != "service.seen"
     ]
-    shown = [r.getMessage() for r in lines if r.levelno >= logging.WARNING]
-    assert len(shown) == 2, shown
-    assert shown[0].startswith("model store unreachable (ConnectionError: ")
-    assert shown[1].startswith("model store reachable again after ")
+    for store in ("model store", "catalogue store"):
+        shown = [
+            r.getMessage()
+            for r in lines
+            if r.levelno >= logging.WARNING and r.getMessage().startswith(store)
+        ]
+        assert len(shown) == 2, shown
+        assert shown[0].startswith(f"{store} unreachable (ConnectionError: ")
+        assert shown[1].startswith(f"{store} reachable again after ")
+    assert len([r for r in lines if r.levelno >= logging.WARNING]) == 4
     assert not any(r.exc_info for r in lines)  # no traceback
     assert "ccd_model_store_outages_total 1.0" in metrics
     failed = re.search(r'ccd_model_reload_failures_total\{reason="store"\} (\d+)', metrics)
