@@ -156,3 +156,25 @@ def test_filters_and_exclusions_are_never_violated(
         true = approximate.item_matrix[rows] @ vector
         assert got.scores == pytest.approx(true.tolist(), rel=1e-5, abs=1e-5)
         assert got.scores == sorted(got.scores, reverse=True)
+
+
+@pytest.mark.parametrize("threshold", [5, 6])
+def test_the_server_builds_the_index_from_its_settings_and_answers_through_it(
+    client_factory, settings, store, threshold: int
+) -> None:
+    from tests.service.conftest import make_snapshot, wait_until
+
+    settings.ann_min_items = threshold  # CCD_ANN_MIN_ITEMS; make_snapshot() has 5 items
+    store.publish(make_snapshot())
+    client = client_factory()
+    wait_until(lambda: client.get("/health/ready").status_code == 200)
+    model = client.app.state.service.holder.model
+    assert (model.ann is not None) == (threshold <= 5)
+
+    def top(k: int) -> list[str]:
+        body = client.get("/recommendations/u0", params={"k": k}).json()
+        return [entry["item_id"] for entry in body["items"]]
+
+    assert top(2) == ["i2", "i3"]  # u0 scores i2 2.0, i3 1.1, i0 1.0, i1 0.1, i4 0.05
+    assert client.delete("/items/i2").status_code in (200, 204)
+    assert top(2) == ["i3", "i0"]  # a hidden item never comes back from the candidates
