@@ -6,8 +6,12 @@ skipped; the trainer dead-letters them) -> SADD them, one pipeline (``RedisSeenI
 commit the batch's offsets. The commit comes after the write, so a crash in between re-reads the
 batch on restart and writes it again: SADD is idempotent, so no pair is lost and none counted
 twice. While Redis is down the same batch is retried (backing off up to ``MAX_BACKOFF_S``) and
-nothing is committed. A new group starts at the topic's beginning: the one-time backfill of an
-existing log; afterwards a restart resumes at the committed offsets.
+nothing is committed; while Kafka is unreachable it polls again. A new group (or a partition
+with no commit) starts at the partition's beginning: the one-time backfill of an existing log;
+afterwards a restart resumes at the committed offsets. Offsets are never reset silently
+(``auto_offset_reset="none"``): if retention deleted records the indexer had not read yet, it
+logs an ERROR naming the partition and the lost offsets (those pairs are missing from the sets;
+re-produce them to restore them) and goes on from the oldest record left.
 
 Why a process of its own rather than the trainer's side:
 
@@ -47,8 +51,8 @@ REPORT_EVERY_S = 30.0
 
 
 def open_indexer_consumer(settings: Settings) -> Any:
-    """The indexer's Kafka consumer: group ``indexer_group_id``, offsets committed by hand, a
-    new group from the topic's beginning."""
+    """The indexer's Kafka consumer: group ``indexer_group_id``, offsets committed by hand and
+    never reset by the client (``SeenIndexer`` places partitions without a commit)."""
     from kafka import KafkaConsumer
 
     from contracts.event_log import ensure_topics
@@ -60,7 +64,7 @@ def open_indexer_consumer(settings: Settings) -> Any:
         group_id=settings.indexer_group_id,
         client_id="ccd-indexer",
         enable_auto_commit=False,
-        auto_offset_reset="earliest",
+        auto_offset_reset="none",
         max_poll_records=BATCH_SIZE,
     )
 
@@ -74,11 +78,12 @@ class SeenIndexer:
         self.events = 0  # readable events written
         self.new_pairs = 0  # of which pairs Redis did not hold yet
         self.malformed = 0
+        self._unreachable = False
 
     def step(self, stop: threading.Event, timeout_s: float = POLL_TIMEOUT_S) -> int:
         """One batch: poll, write (retried until it succeeds or ``stop``), commit; returns the
         records polled (0 when nothing arrived)."""
-        batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=BATCH_SIZE)
+        batches = self._poll(timeout_s)
         values = [record.value for records in batches.values() for record in records]
         if not values:
             return 0
@@ -89,6 +94,61 @@ class SeenIndexer:
         self.events += len(pairs)
         self.malformed += len(values) - len(pairs)
         return len(values)
+
+    def _poll(self, timeout_s: float) -> dict[Any, list[Any]]:
+        """The next records by partition; none while a partition's start is being placed or
+        Kafka cannot be reached (nothing consumed: the next call tries again)."""
+        from kafka.errors import KafkaError, NoOffsetForPartitionError, OffsetOutOfRangeError
+
+        try:
+            batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=BATCH_SIZE)
+        except NoOffsetForPartitionError as error:  # a new group or partition: its start
+            self._seek_to_start(sorted(error.args[0]), {})
+            return {}
+        except OffsetOutOfRangeError as error:  # retention deleted what was not read yet
+            self._seek_to_start(sorted(error.args[0]), error.args[0])
+            return {}
+        except KafkaError as error:
+            if not getattr(error, "retriable", False):
+                raise
+            if not self._unreachable:
+                log.warning("Kafka unreachable (%s); the indexer keeps reconnecting", error)
+            self._unreachable = True
+            time.sleep(timeout_s)
+            return {}
+        if batches and self._unreachable:
+            log.info("Kafka delivers records again")
+            self._unreachable = False
+        return batches
+
+    def _seek_to_start(self, partitions: list[Any], lost_from: dict[Any, int]) -> None:
+        """Each partition to its oldest record; an ERROR for the offsets retention deleted
+        before they were indexed (``lost_from``: partition -> the position that is gone)."""
+        starts = self._consumer.beginning_offsets(partitions)
+        for partition in partitions:
+            start = starts[partition]
+            where = f"{partition.topic}/{partition.partition}"
+            if partition in lost_from and lost_from[partition] < start:
+                log.error(
+                    "records %d..%d of %s were deleted by retention before the indexer read "
+                    "them: their pairs are missing from the seen sets (re-produce them to add "
+                    "them); going on from offset %d",
+                    lost_from[partition],
+                    start - 1,
+                    where,
+                    start,
+                )
+            elif partition in lost_from:
+                log.error(
+                    "the indexer's position %d in %s is past its end (the topic was re-created): "
+                    "indexing it again from offset %d (idempotent)",
+                    lost_from[partition],
+                    where,
+                    start,
+                )
+            else:
+                log.info("%s has no committed position: indexing it from offset %d", where, start)
+            self._consumer.seek(partition, start)
 
     def _write(self, pairs: list[tuple[str, str]], stop: threading.Event) -> bool:
         backoff = 0.1

@@ -5,6 +5,7 @@ answered 503 with Retry-After, never with a list that could hold seen items."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -185,3 +186,45 @@ def test_a_redis_outage_is_503_with_retry_after_never_a_list_with_seen_items(
         publisher.close()
     finally:
         own.stop()
+
+
+def test_the_indexer_resumes_at_its_commit_and_names_records_retention_deleted_unread(
+    redis_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kafka import KafkaAdminClient, TopicPartition
+
+    assert redis_settings.redis_url is not None
+    index = RedisSeenIndex(redis_settings.redis_url, redis_settings.redis_prefix)
+    log = KafkaEventLog(redis_settings)
+    stop = threading.Event()
+
+    def index_until(users: int) -> None:
+        consumer = open_indexer_consumer(redis_settings)
+        indexer = SeenIndexer(consumer, index)
+        deadline = time.monotonic() + 60
+        while index.n_users != users:
+            assert time.monotonic() < deadline, index.n_users
+            indexer.step(stop)
+        consumer.close(autocommit=False)
+
+    try:
+        log.append([InteractionEvent(user_id=f"a{n}", item_id="i") for n in range(5)])
+        index_until(5)  # a new group: from the partition's start
+        # While no indexer runs, 5 events arrive and retention deletes them, then 5 more.
+        log.append([InteractionEvent(user_id=f"b{n}", item_id="i") for n in range(5)])
+        admin = KafkaAdminClient(bootstrap_servers=redis_settings.kafka_bootstrap_servers)
+        admin.delete_records({TopicPartition(redis_settings.kafka_topic, 0): 10})
+        admin.close()
+        log.append([InteractionEvent(user_id=f"c{n}", item_id="i") for n in range(5)])
+        with caplog.at_level(logging.INFO, logger="service.indexer"):
+            index_until(10)
+        assert "records 5..9 of" in caplog.text and "deleted by retention" in caplog.text
+        assert index.items_of_many(["a0", "b0", "c4"]) == [
+            frozenset({"i"}),
+            frozenset(),  # lost to retention, and said so
+            frozenset({"i"}),
+        ]
+        assert index.n_pairs == 10  # each pair counted once
+    finally:
+        log.close()
+        index.close()
