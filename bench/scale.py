@@ -3,20 +3,22 @@ exact versus approximate (ANN) top-k at 1M items.
 
     ccd bench scale                                  # 1M then 10M users, 1M items, d=16
     ccd bench scale --users 1000000 --items 200000   # smaller
-    ccd bench scale --redis-url redis://127.0.0.1:6379/0   # publish through Redis, not files
+    ccd bench scale --redis-url redis://127.0.0.1:6379/0   # also through Redis (keys removed)
 
 No training at this size: the embeddings are generated directly (items around 256 cluster
-centres with log-normal norms, users around the same centres; ``synthetic_tables``), so the
+centres with log-normal norms, users around the same centres; ``synthetic_items``), so the
 numbers are about moving and serving tables, not about model quality. Steps, in one run:
 
 1. A `ccd serve` process starts on an empty model store; its RSS before any data is read.
 2. For each user count (ascending), a version is published through the real model store
-   (``contracts.model_store``: files under a temporary data dir, or Redis with ``--redis-url``):
-   publish seconds and bytes; then the time until that server serves it (load, checks, id maps,
-   and the ANN index build when the catalogue reaches ``CCD_ANN_MIN_ITEMS``) and its RSS.
+   (``contracts.model_store``, files under a temporary data dir): publish seconds and bytes;
+   then the time until that server serves it (load, checks, id maps, and the ANN index build
+   when the catalogue reaches ``CCD_ANN_MIN_ITEMS``) and its RSS; then HTTP latency against it.
+   With ``--redis-url``, steps 1-2 again with a second server on the Redis store.
 3. In this process, with the same item table and a sample of users: per-request ranking latency
-   (p50/p99) exact vs ANN, and ANN recall@k against the exact answer; plus HTTP latency against
-   the server (which ranks with its ANN index).
+   (p50/p99) exact vs ANN, and ANN recall@k against the exact answer.
+4. User-row churn (``row_churn``): the real trainer per learner on a small synthetic stream,
+   and how much of each version's user table a delta version would have to carry.
 
 Each figure sits beside the single-machine figure it replaces (read from this folder's other
 results where one exists). Memory: the 10M-user step holds ~3 GB in this process and ~3-4 GB in
@@ -109,12 +111,6 @@ def rss_mib(pid: int) -> tuple[float, float]:
         if line.startswith(("VmRSS:", "VmHWM:")):
             values[line.split(":")[0]] = int(line.split()[1]) / 1024
     return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
-
-
-def open_store(args: argparse.Namespace, data_dir: Path, prefix: str) -> Any:
-    if args.redis_url:
-        return RedisModelStore(args.redis_url, prefix)
-    return FileModelStore(data_dir / "models")
 
 
 def publish_step(
@@ -283,50 +279,64 @@ def single_machine(out_dir: Path) -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    limit_blas_threads(1)
-    params = {k: v for k, v in vars(args).items() if k not in ("out", "redis_url")}
-    params["store"] = "redis" if args.redis_url else "files"
-    result = new_result("scale", TITLE, params)
-    results = result["results"]
-    results["single_machine"] = single_machine(args.out)
-    items, centres = synthetic_items(args.items, args.dim, args.seed)
+def serve_and_publish(
+    redis_url: str | None, args: argparse.Namespace, items: np.ndarray, centres: np.ndarray
+) -> dict[str, Any]:
+    """One `ccd serve` on an empty store (files, or Redis at ``redis_url``): its RSS before
+    data, then one published version per user count (``publish_step``), then HTTP latency;
+    what this run put in the store is removed at the end."""
+    out: dict[str, Any] = {"store": "redis" if redis_url else "files"}
     work = Path(tempfile.mkdtemp(prefix="ccd-bench-scale-"))
     prefix = f"ccd-bench-scale-{int(time.time())}"
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     env = {"CCD_DATA_DIR": str(work), "CCD_RELOAD_POLL_S": "0.2", "CCD_LOG_LEVEL": "WARNING"}
     env["CCD_ANN_MIN_ITEMS"] = str(args.ann_min_items)
-    if args.redis_url:
-        env.update(CCD_REDIS_URL=args.redis_url, CCD_REDIS_PREFIX=prefix)
+    if redis_url:
+        env.update(CCD_REDIS_URL=redis_url, CCD_REDIS_PREFIX=prefix)
     command = [sys.executable, "-m", "ccd.cli", "serve", "--port", str(port)]
-    store = open_store(args, work, prefix)
+    store = RedisModelStore(redis_url, prefix) if redis_url else FileModelStore(work / "models")
     try:
         server = spawn("server", command, work / "server.log", child_env(**env))
         with running(server):
             started = time.perf_counter()
             wait_http(f"{base}/health/live", 120, server)
-            results["server_live_s"] = time.perf_counter() - started
+            out["server_live_s"] = time.perf_counter() - started
             time.sleep(1.0)  # let start-up allocations settle
-            results["server_rss_before_data_mib"] = rss_mib(server.process.pid)[0]
+            out["server_rss_before_data_mib"] = rss_mib(server.process.pid)[0]
             steps = []
             for n_users in sorted(args.users):
                 users = synthetic_users(n_users, centres, args.seed)
                 steps.append(publish_step(store, users, items, base, server))
-                print(json.dumps(steps[-1]), flush=True)
+                print(out["store"], json.dumps(steps[-1]), flush=True)
                 del users
                 gc.collect()
-            results["publish"] = steps
-            if args.redis_url:
-                results["redis_store_mib"] = _redis_mib(store, prefix)
-            results["http_ann"] = http_latency(base, max(args.users), args.http_requests, args.k)
-            results["server_ann_min_items"] = args.ann_min_items
-        results["ranking"] = ranking_latency(items, centres, args)
-        if args.churn_blocks > 0:
-            results["churn"] = row_churn(args)
+            out["publish"] = steps
+            if redis_url:
+                out["redis_store_mib"] = _redis_mib(store, prefix)
+            out["http_ann"] = http_latency(base, max(args.users), args.http_requests, args.k)
     finally:
-        _drop_store(store, args, prefix)
+        if redis_url:
+            _drop_redis(store, prefix)
         shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    limit_blas_threads(1)
+    params = {k: v for k, v in vars(args).items() if k not in ("out", "redis_url")}
+    params["store"] = "files and redis" if args.redis_url else "files"
+    result = new_result("scale", TITLE, params)
+    results = result["results"]
+    results["single_machine"] = single_machine(args.out)
+    results["server_ann_min_items"] = args.ann_min_items
+    items, centres = synthetic_items(args.items, args.dim, args.seed)
+    results.update(serve_and_publish(None, args, items, centres))
+    if args.redis_url:
+        results["redis"] = serve_and_publish(args.redis_url, args, items, centres)
+    results["ranking"] = ranking_latency(items, centres, args)
+    if args.churn_blocks > 0:
+        results["churn"] = row_churn(args)
     _targets(result)
     result["notes"] += _notes(result)
     return result
@@ -336,17 +346,35 @@ def _notes(result: dict[str, Any]) -> list[str]:
     """What a reader needs to read the tables right."""
     results = result["results"]
     build = results["ranking"]["index_build_s"]
+    return (
+        [
+            "Synthetic tables, no training: items around 256 random centres with log-normal "
+            "norms, users around the same centres. Recall depends on the tables; it was not "
+            "measured on a trained model's tables at this size.",
+            f"Publish to served includes the server's ANN index build (the same build took "
+            f"{build:.1f} s in this process) and, for the larger version, dropping the previous "
+            "one; the server keeps serving the previous version meanwhile.",
+            "Every version carries the whole user table (publish bytes grow with users); the "
+            "single-machine publish figure is the Gowalla-sized student through the file store.",
+            "The server's peak RSS while swapping holds the old and the new version at once.",
+        ]
+        + _redis_notes(results)
+        + _churn_notes(results)
+    )
+
+
+def _redis_notes(results: dict[str, Any]) -> list[str]:
+    """How the Redis store's server differs from the file store's, when both ran."""
+    redis = results.get("redis")
+    if not redis:
+        return []
+    files_rss, redis_rss = results["publish"][-1], redis["publish"][-1]
     return [
-        "Synthetic tables, no training: items around 256 random centres with log-normal "
-        "norms, users around the same centres. Recall depends on the tables; it was not "
-        "measured on a trained model's tables at this size.",
-        f"Publish to served includes the server's ANN index build (the same build took "
-        f"{build:.1f} s in this process) and, for the larger version, dropping the previous "
-        "one; the server keeps serving the previous version meanwhile.",
-        "Every version carries the whole user table (publish bytes grow with users); the "
-        "single-machine publish figure is the Gowalla-sized student through the file store.",
-        "The server's peak RSS while swapping holds the old and the new version at once.",
-    ] + _churn_notes(results)
+        f"Through Redis the server held {redis_rss['server_rss_mib']:,.0f} MiB after loading "
+        f"the {redis_rss['users']:,}-user version against {files_rss['server_rss_mib']:,.0f} "
+        "MiB through files: RedisModelStore.load keeps the blob's chunks and their join at once "
+        "(twice the blob); why more of it stays resident afterwards was not investigated."
+    ]
 
 
 def _churn_notes(results: dict[str, Any]) -> list[str]:
@@ -372,10 +400,8 @@ def _redis_mib(store: Any, prefix: str) -> float:
     return sum(int(client.memory_usage(key) or 0) for key in keys) / 2**20
 
 
-def _drop_store(store: Any, args: argparse.Namespace, prefix: str) -> None:
+def _drop_redis(store: Any, prefix: str) -> None:
     """Remove what this run put in Redis (files go with the temporary folder)."""
-    if not args.redis_url:
-        return
     client = store._redis
     for key in client.scan_iter(f"{prefix}:*"):
         client.delete(key)
@@ -489,23 +515,19 @@ def render(result: dict[str, Any]) -> str:
     parts = [
         f"Synthetic tables (no training): {params['items']:,} items, d={params['dim']}, users "
         f"{', '.join(f'{u:,}' for u in sorted(params['users']))}; model store: "
-        f"{params['store']}. One `ccd serve` replica; RSS before data "
-        f"{results['server_rss_before_data_mib']:.0f} MiB"
-        + (
-            f"; the store's Redis keys (all versions) {results['redis_store_mib']:.0f} MiB"
-            if results.get("redis_store_mib") is not None
-            else ""
-        )
-        + ".\n",
-        "Publish through the model store, then until the server serves the version (load, "
+        f"{params['store']}. One `ccd serve` replica per store; RSS before data "
+        f"{results['server_rss_before_data_mib']:.0f} MiB.\n",
+        "Publish through the file model store, then until the server serves the version (load, "
         "checks, id maps, ANN index):\n",
         markdown_table(PUBLISH_HEADERS, publish_rows(results)),
+        *_redis_parts(results),
         f"\nRanking one request in process, exact scan vs ANN (faiss IVF, {ranking['lists']} "
         f"lists, {ranking['probe']} probed; index built in {ranking['index_build_s']:.1f} s), "
         f"{ranking['all items']['requests']} users, k={params['k']}, interleaved:\n",
         markdown_table(LATENCY_HEADERS, latency_rows(results)),
-        f"\nHTTP, one request at a time to the server (ANN): p50 {http['p50']:.2f} ms, p99 "
-        f"{http['p99']:.2f} ms over {results['http_ann']['requests']} requests.\n",
+        f"\nHTTP, one request at a time to the file-store server (ANN): p50 "
+        f"{http['p50']:.2f} ms, p99 {http['p99']:.2f} ms over "
+        f"{results['http_ann']['requests']} requests.\n",
         "Beside the single-machine figures they replace:\n",
         markdown_table(BESIDE_HEADERS, beside_rows(result)),
     ]
@@ -521,6 +543,21 @@ def render(result: dict[str, Any]) -> str:
         if projected:
             parts.append("\n" + projected)
     return "\n".join(parts)
+
+
+def _redis_parts(results: dict[str, Any]) -> list[str]:
+    """The same publishes through Redis (a second server), when the run had a Redis URL."""
+    redis = results.get("redis")
+    if not redis:
+        return []
+    http = redis["http_ann"]["latency_ms"]
+    return [
+        f"\nThe same through the Redis model store (another `ccd serve`, RSS before data "
+        f"{redis['server_rss_before_data_mib']:.0f} MiB; the store's keys for both versions "
+        f"{redis['redis_store_mib']:,.0f} MiB of Redis memory; HTTP p50 {http['p50']:.2f} ms, "
+        f"p99 {http['p99']:.2f} ms):\n",
+        markdown_table(PUBLISH_HEADERS, publish_rows(redis)),
+    ]
 
 
 CHURN_HEADERS = ["learner", "version step", "user rows changed", "moved > 1 % of norm"]

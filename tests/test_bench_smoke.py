@@ -261,6 +261,23 @@ def test_scale_benchmark_runs_at_tiny_sizes_and_reports(tmp_path: Path) -> None:
     text = report.section("scale", result)
     assert "exact scan vs ANN" in text and "single-machine figures" in text
     assert "delta version" in text and "bytes per user" in text
+    assert "Redis model store" not in text  # no --redis-url: files only
+
+
+@pytest.mark.integration
+def test_scale_benchmark_publishes_through_redis_too(tmp_path: Path, redis_url: str) -> None:
+    pytest.importorskip("faiss", reason="faiss-cpu is a pinned dependency; the ANN side needs it")
+    args = scale.build_parser().parse_args(
+        ["--users", "50", "--items", "300", "--dim", "4", "--requests", "5"]
+        + ["--http-requests", "3", "--ann-min-items", "100", "--churn-blocks", "0"]
+        + ["--redis-url", redis_url, "--out", str(tmp_path)]
+    )
+    result = scale.run(args)
+    files, redis = result["results"], result["results"]["redis"]
+    assert (files["store"], redis["store"]) == ("files", "redis")
+    assert redis["publish"][0]["publish_bytes"] == files["publish"][0]["publish_bytes"]
+    assert redis["redis_store_mib"] > 0
+    assert "Redis model store" in report.section("scale", result)
 
 
 def test_recorded_paths_inside_the_repository_are_relative(tmp_path: Path) -> None:
