@@ -13,6 +13,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from starlette.responses import JSONResponse
 
 from contracts.catalogue import open_catalogue
@@ -125,6 +126,12 @@ def _holder_views(state: ServiceState) -> list[ServiceState]:
     return list(state.views.values()) or [state]
 
 
+def operation_id(route: APIRoute) -> str:
+    """OpenAPI operation ids as tag-name (``recommendations-recommend_one``): short method names
+    in a generated client, instead of FastAPI's function + path + method."""
+    return f"{route.tags[0]}-{route.name}" if route.tags else route.name
+
+
 def create_app(
     settings: Settings,
     store: ModelStore | None = None,
@@ -215,6 +222,7 @@ def create_app(
         version=package_version(),
         description=DESCRIPTION,
         lifespan=lifespan,
+        generate_unique_id_function=operation_id,
     )
     app.add_exception_handler(RequestValidationError, _validation_error)
     recommendation_routes = recommendations.build_router(settings)

@@ -66,4 +66,4 @@ async def get_state(request: Request) -> ServiceState:
     return request.app.state.service
 
 
-State = Annotated[ServiceState, Depends(get_state)]
+StateDep = Annotated[ServiceState, Depends(get_state)]

@@ -23,7 +23,7 @@ from service.guards import (
     require_json,
 )
 from service.schemas import ErrorMessage, RollbackRequest, RollbackResult, VersionsInfo
-from service.state import RETRY_AFTER_S, ServiceState, State
+from service.state import RETRY_AFTER_S, ServiceState, StateDep
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def build_router(settings: Settings) -> APIRouter:
     )
 
     @router.get("/versions", responses={404: {"model": ErrorMessage, "description": "No slot"}})
-    def versions(state: State, slot: str | None = None) -> VersionsInfo:
+    def versions(state: StateDep, slot: str | None = None) -> VersionsInfo:
         """The versions the store keeps, the one its pointer names and the one served here
         (of an A/B arm's `slot`; default: the first arm, or the one slot)."""
         state = _slot_state(state, slot)
@@ -88,7 +88,7 @@ def build_router(settings: Settings) -> APIRouter:
             409: {"model": ErrorMessage, "description": "The version fails its checks"},
         },
     )
-    def rollback(state: State, request: RollbackRequest) -> RollbackResult:
+    def rollback(state: StateDep, request: RollbackRequest) -> RollbackResult:
         """Point the store's current version at a kept one and serve it here at once (other
         servers follow the store's notification). The trainer's next publication supersedes
         it, as any new version does. With an A/B split, `slot` names the arm."""

@@ -25,7 +25,7 @@ from service.guards import require_json
 from service.routers.events import _write_guards
 from service.schemas import ErrorMessage
 from service.seen_store import SeenUnavailable
-from service.state import RETRY_AFTER_S, ServiceState, State
+from service.state import RETRY_AFTER_S, ServiceState, StateDep
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ def add_catalogue_routes(router: APIRouter, settings: Settings) -> None:
             413: {"model": ErrorMessage, "description": f"More than {most} items"},
         },
     )
-    async def put_items(state: State, items: Annotated[list[ItemWrite], Body()]) -> ItemsWritten:
+    async def put_items(state: StateDep, items: Annotated[list[ItemWrite], Body()]) -> ItemsWritten:
         """Write several items' metadata at once, all or none (a later entry for the same id
         wins). Each replaces the item's categories, labels and availability; its timestamp
         only when given."""
@@ -128,7 +128,7 @@ def add_catalogue_routes(router: APIRouter, settings: Settings) -> None:
         dependencies=write_guards,
         responses={**guard_responses, **unavailable},
     )
-    async def put_item(state: State, item_id: ItemPath, metadata: ItemMetadata) -> ItemRecord:
+    async def put_item(state: StateDep, item_id: ItemPath, metadata: ItemMetadata) -> ItemRecord:
         """Write one item's metadata: its categories, labels and availability are replaced;
         its timestamp only when given (a new item without one gets the server's time)."""
         store = state.catalogue.store
@@ -139,7 +139,7 @@ def add_catalogue_routes(router: APIRouter, settings: Settings) -> None:
         "/items/{item_id:path}",
         responses={404: {"model": ErrorMessage, "description": "No such item anywhere"}},
     )
-    async def read_item(state: State, item_id: ItemPath) -> ItemRecord:
+    async def read_item(state: StateDep, item_id: ItemPath) -> ItemRecord:
         """An item's metadata as this server filters by it; empty for an item known only from
         events or the model, 404 for one nobody has mentioned."""
         entry = state.catalogue.entry(item_id)
@@ -157,7 +157,7 @@ def add_catalogue_routes(router: APIRouter, settings: Settings) -> None:
         dependencies=key_guards,
         responses={**guard_responses, **unavailable},
     )
-    async def delete_item(state: State, item_id: ItemPath) -> ItemRecord:
+    async def delete_item(state: StateDep, item_id: ItemPath) -> ItemRecord:
         """Hide an item: it is never recommended again (until a PUT makes it available); its
         metadata is kept."""
         store = state.catalogue.store

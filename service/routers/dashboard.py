@@ -36,7 +36,7 @@ from fastapi.staticfiles import StaticFiles
 
 from contracts.events import MAX_ID_LENGTH
 from service.metrics import ServiceMetrics
-from service.state import ServiceState, State
+from service.state import ServiceState, StateDep
 
 STATIC_DIR = FilePath(__file__).resolve().parent.parent / "static"
 # Versions whose per-block metrics the dashboard remembers.
@@ -182,7 +182,7 @@ def build_router() -> APIRouter:
         return FileResponse(STATIC_DIR / "dashboard.html", media_type="text/html")
 
     @router.get("/dashboard/api/overview")
-    def overview(state: State) -> dict[str, Any]:
+    def overview(state: StateDep) -> dict[str, Any]:
         """Versions (kept, current, served), per-block metrics, online statistics, ingest
         counters, staleness and latency percentiles: everything the dashboard polls."""
         try:
@@ -207,7 +207,7 @@ def build_router() -> APIRouter:
 
     @router.get("/dashboard/api/users/{user_id:path}")
     def user_lens(
-        state: State,
+        state: StateDep,
         user_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH)],
         k: Annotated[int, Query(ge=1, le=100)] = 10,
     ) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from service.guards import (
     require_json,
 )
 from service.schemas import ErrorMessage, EventsAccepted, ValidationErrors
-from service.state import ServiceState, State
+from service.state import ServiceState, StateDep
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def build_router(settings: Settings) -> APIRouter:
             503: {"model": ErrorMessage, "description": "The event log cannot take events now"},
         },
     )
-    async def post_events(request: Request, state: State) -> EventsAccepted:
+    async def post_events(request: Request, state: StateDep) -> EventsAccepted:
         """Append one event (a JSON object) or several (a JSON array) to the event stream,
         all or none. `timestamp` defaults to the server's time."""
         body = await request.body()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from service.schemas import Liveness, Readiness
-from service.state import State
+from service.state import StateDep
 
 
 def build_router() -> APIRouter:
@@ -17,7 +17,7 @@ def build_router() -> APIRouter:
         return Liveness()
 
     @router.get("/health/ready", responses={503: {"model": Readiness, "description": "Not ready"}})
-    def ready(state: State, response: Response) -> Readiness:
+    def ready(state: StateDep, response: Response) -> Readiness:
         """Ready once a model version is loaded and the seen-items index has caught up with the
         event log as it was at start (so recommendations exclude what users already saw)."""
         model = state.holder.model

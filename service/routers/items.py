@@ -24,7 +24,7 @@ from service.catalogue import NO_FILTER, ItemFilter
 from service.filters import build_filter_query, rank_options
 from service.routers.catalogue import add_catalogue_routes
 from service.schemas import ErrorMessage, ScoredItem, SimilarItems
-from service.state import State
+from service.state import StateDep
 
 
 def build_router(settings: Settings) -> APIRouter:
@@ -43,7 +43,7 @@ def build_router(settings: Settings) -> APIRouter:
         },
     )
     def similar_items(
-        state: State,
+        state: StateDep,
         item_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, examples=["i3"])],
         k: Annotated[int, k_query] = default_k,
         item_filter: Annotated[ItemFilter, Depends(filter_query)] = NO_FILTER,

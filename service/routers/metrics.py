@@ -5,14 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.state import State
+from service.state import StateDep
 
 
 def build_router() -> APIRouter:
     router = APIRouter(tags=["metrics"])
 
     @router.get("/metrics", response_class=Response)
-    def metrics(state: State) -> Response:
+    def metrics(state: StateDep) -> Response:
         """Request counts and latency, model version and reloads, events accepted, seen index,
         impressions and their online hit rate."""
         state.attribution.stats()  # refreshes the ccd_online_hit_rate gauges

@@ -35,7 +35,7 @@ from service.schemas import (
     ScoredItem,
 )
 from service.seen_store import SeenUnavailable
-from service.state import ServiceState, State
+from service.state import ServiceState, StateDep
 
 _NO_MODEL = {
     503: {
@@ -151,7 +151,7 @@ def build_router(settings: Settings) -> APIRouter:
 
     @router.get(ONE_USER_ROUTE, response_model=Recommendations, responses=_NO_MODEL)
     async def recommend(
-        state: State,
+        state: StateDep,
         user_id: Annotated[str, Path(min_length=1, max_length=MAX_ID_LENGTH, examples=["u7"])],
         k: Annotated[int, k_query] = default_k,
         exclude_seen: Annotated[
@@ -171,7 +171,7 @@ def build_router(settings: Settings) -> APIRouter:
         return _one_user_response(user_id, version, ranked, rid, state.arm)
 
     @router.post("/recommendations", responses=_NO_MODEL)
-    def recommend_batch(state: State, request: batch_request) -> BatchRecommendations:  # type: ignore[valid-type]
+    def recommend_batch(state: StateDep, request: batch_request) -> BatchRecommendations:  # type: ignore[valid-type]
         """Recommendations for several users, all from the same model version (with an A/B
         split: each user's arm's; `model_version` is then the first user's)."""
         user_ids = request.user_ids

@@ -9,14 +9,14 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from service.state import State
+from service.state import StateDep
 
 
 def build_router() -> APIRouter:
     router = APIRouter(tags=["stats"])
 
     @router.get("/stats/online")
-    def online_stats(state: State) -> dict[str, Any]:
+    def online_stats(state: StateDep) -> dict[str, Any]:
         """Over the last `window_s` seconds of impressions: per model version and arm, and per
         arm, the impressions, items shown, impressions with a hit (`hit_rate`, with its 95 %
         Wilson interval `hit_rate_ci95`) and attributed (impression, item) pairs (`hits`;
