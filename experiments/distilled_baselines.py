@@ -29,7 +29,7 @@ from models.ccd.learner import (
 )
 from models.ccd.stage1_distill import distill
 from models.ccd.stage3_teacher import TeacherContext, TeacherWindow, ensemble_scorer, update_member
-from models.members import Member
+from models.members import Member, exported
 from models.metrics import SizedScorer, union_pairs
 
 
@@ -58,9 +58,7 @@ class FrozenStudentLearner:
         return report
 
     def student(self) -> Embeddings:
-        if self.member is None:
-            raise RuntimeError("no block learned yet")
-        return self.member.export()
+        return exported(self.member)
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -142,9 +140,7 @@ class TeacherFineTuneLearner:
         return report
 
     def student(self) -> Embeddings:
-        if self.member is None:
-            raise RuntimeError("no block learned yet")
-        return self.member.export()
+        return exported(self.member)
 
     def teacher_scorer(self) -> SizedScorer:
         if not self.teachers or self.window is None:

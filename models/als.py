@@ -16,7 +16,7 @@ from dataclasses import asdict
 from typing import Any
 
 from models.api import BlockData, BlockReport, Embeddings, Interactions
-from models.members import IALS, IALSParams
+from models.members import IALS, IALSParams, exported
 from models.metrics import member_scorer, ranking_metrics, union_pairs
 
 log = logging.getLogger("ccd.models")
@@ -119,9 +119,7 @@ class ALSLearner:
         return BlockReport(times, info)
 
     def student(self) -> Embeddings:
-        if self.member is None:
-            raise RuntimeError("no block learned yet")
-        return self.member.export()
+        return exported(self.member)
 
     def state_dict(self) -> dict[str, Any]:
         return {

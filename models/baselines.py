@@ -11,7 +11,7 @@ import torch
 
 from models.api import BlockData, BlockReport, Embeddings
 from models.data import user_item_lists
-from models.members import Member, build_member
+from models.members import Member, build_member, exported
 from models.metrics import member_scorer, ranking_metrics
 from models.sampling import (
     explicit_negatives,
@@ -166,9 +166,7 @@ class FineTuneLearner:
         )
 
     def student(self) -> Embeddings:
-        if self.member is None:
-            raise RuntimeError("no block learned yet")
-        return self.member.export()
+        return exported(self.member)
 
     def state_dict(self) -> dict[str, Any]:
         return {

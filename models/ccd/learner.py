@@ -41,7 +41,7 @@ from models.ccd.stage3_teacher import (
     update_member,
 )
 from models.data import user_item_lists
-from models.members import IALS, Member, build_member
+from models.members import IALS, Member, build_member, exported
 from models.metrics import SizedScorer, member_scorer, union_pairs
 from models.proxies import update_proxy
 from models.replay import concat_lists, top_items_padded
@@ -223,9 +223,7 @@ class CCDLearner:
         return report
 
     def student(self) -> Embeddings:
-        if self.current is None:
-            raise RuntimeError("no block learned yet")
-        return self.current.export()
+        return exported(self.current)
 
     def teacher_scorer(self) -> SizedScorer:
         """The current teacher ensemble T as a scorer (B,) -> (B, I_T)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from models.members.base import Member
+from models.members.base import Member, exported
 from models.members.ials import IALS, IALSParams
 from models.members.lightgcn import LightGCN
 from models.members.mf import BPRMF
@@ -31,4 +31,5 @@ __all__ = [
     "Member",
     "MultVAE",
     "build_member",
+    "exported",
 ]

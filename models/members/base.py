@@ -43,6 +43,14 @@ def grown_table(
     return nn.Embedding.from_pretrained(weight, freeze=False)
 
 
+def exported(member: Member | None) -> Embeddings:
+    """``member``'s serving embeddings: what a learner's ``student()`` returns; RuntimeError
+    while no block was learned (``member`` is None)."""
+    if member is None:
+        raise RuntimeError("no block learned yet")
+    return member.export()
+
+
 class Member(nn.Module):
     """A dot-product recommender over ``n_users`` x ``n_items`` with embedding size ``dim``.
 
