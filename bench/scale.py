@@ -141,6 +141,35 @@ def publish_step(
     }
 
 
+def load_breakdown(
+    items: np.ndarray, centres: np.ndarray, n_users: int, seed: int
+) -> dict[str, float]:
+    """Where a version's publish and load time goes, in this process, at ``n_users``: the
+    store's encoding (ids to arrays, .npz, SHA-256), its decoding (checksum, np.load, ids to
+    lists), the serving form without an index (id dicts, item table prep) and the ANN index."""
+    from contracts.model_store import decode_snapshot, encode_snapshot
+
+    snapshot = snapshot_of(synthetic_users(n_users, centres, seed), items)
+    seconds = {}
+    started = time.perf_counter()
+    blob, meta = encode_snapshot(snapshot)
+    seconds["encode_s"] = time.perf_counter() - started
+    del snapshot
+    gc.collect()
+    started = time.perf_counter()
+    decoded = decode_snapshot(blob, meta)
+    seconds["decode_s"] = time.perf_counter() - started
+    del blob
+    gc.collect()
+    started = time.perf_counter()
+    model = ServingModel.from_snapshot(decoded)
+    seconds["serving_form_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    build_item_index(model.item_matrix, 1)
+    seconds["ann_index_s"] = time.perf_counter() - started
+    return {"users": n_users, **seconds}
+
+
 def ranking_latency(
     items: np.ndarray, centres: np.ndarray, args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -334,6 +363,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results.update(serve_and_publish(None, args, items, centres))
     if args.redis_url:
         results["redis"] = serve_and_publish(args.redis_url, args, items, centres)
+    results["load_breakdown"] = load_breakdown(items, centres, max(args.users), args.seed)
     results["ranking"] = ranking_latency(items, centres, args)
     if args.churn_blocks > 0:
         results["churn"] = row_churn(args)
@@ -521,6 +551,7 @@ def render(result: dict[str, Any]) -> str:
         "checks, id maps, ANN index):\n",
         markdown_table(PUBLISH_HEADERS, publish_rows(results)),
         *_redis_parts(results),
+        *_breakdown_parts(results),
         f"\nRanking one request in process, exact scan vs ANN (faiss IVF, {ranking['lists']} "
         f"lists, {ranking['probe']} probed; index built in {ranking['index_build_s']:.1f} s), "
         f"{ranking['all items']['requests']} users, k={params['k']}, interleaved:\n",
@@ -543,6 +574,19 @@ def render(result: dict[str, Any]) -> str:
         if projected:
             parts.append("\n" + projected)
     return "\n".join(parts)
+
+
+def _breakdown_parts(results: dict[str, Any]) -> list[str]:
+    """One line: where the publish and load seconds go (absent from older results)."""
+    parts = results.get("load_breakdown")
+    if not parts:
+        return []
+    return [
+        f"\nWhere the time goes at {parts['users']:,} users, in one process: encoding for the "
+        f"store {parts['encode_s']:.1f} s, decoding (checksum, np.load, id lists) "
+        f"{parts['decode_s']:.1f} s, the serving form (id dicts, item table) "
+        f"{parts['serving_form_s']:.1f} s, the ANN index {parts['ann_index_s']:.1f} s.\n"
+    ]
 
 
 def _redis_parts(results: dict[str, Any]) -> list[str]:

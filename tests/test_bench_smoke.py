@@ -262,6 +262,9 @@ def test_scale_benchmark_runs_at_tiny_sizes_and_reports(tmp_path: Path) -> None:
     assert "exact scan vs ANN" in text and "single-machine figures" in text
     assert "delta version" in text and "bytes per user" in text
     assert "Redis model store" not in text  # no --redis-url: files only
+    breakdown = result["results"]["load_breakdown"]
+    assert breakdown["users"] == 200 and all(v >= 0 for v in breakdown.values())
+    assert "Where the time goes" in text
 
 
 @pytest.mark.integration
