@@ -1,4 +1,5 @@
-"""Benchmarks of the service: serving, ingest, update cost, freshness, swap impact, learners.
+"""Benchmarks of the service: serving, ingest, update cost, freshness, swap impact, learners,
+filters, impressions, scale, fold-in.
 
 Each one runs with one command (``ccd bench NAME`` or ``python -m bench.NAME``), prints a table,
 writes ``docs/benchmarks/NAME.json`` and regenerates ``docs/BENCHMARKS.md`` from every JSON there
@@ -16,4 +17,5 @@ NAMES = (
     "filters",
     "impressions",
     "scale",
+    "foldin",
 )

@@ -31,13 +31,15 @@ QUICK = {
     "swap": "--scale 0.02 --seconds 2 --swap-every 0.5 --warmup 1",
     "learners": "--blocks 1 --base-events 600 --block-events 300 --users 80 --items 60",
     "filters": "--scale 0.02 --rounds 50",
+    "impressions": "--scale 0.02 --duration 1 --warmup 0.5 --rounds 1 --count 500",
+    "foldin": "--datasets synthetic:4000 --learners als",
     "scale": "--users 50 200 --items 300 --dim 4 --requests 10 --http-requests 5 "
     "--ann-min-items 100 --churn-blocks 1 --churn-users 60 --churn-items 40 "
     "--churn-base-events 300 --churn-block-events 150",
 }
 USAGE = (
-    "usage: ccd bench {serving,ingest,update,freshness,swap,learners,filters,scale,all,report,"
-    "profile} "
+    "usage: ccd bench {serving,ingest,update,freshness,swap,learners,filters,impressions,scale,"
+    "foldin,all,report,profile} "
     "[options]\n"
     "  ccd bench NAME --help   lists the options of one benchmark"
 )

@@ -8,7 +8,6 @@ import contextlib
 import datetime as dt
 import importlib.metadata
 import importlib.util
-import json
 import os
 import platform
 import shlex
@@ -272,39 +271,6 @@ def new_result(name: str, title: str, params: dict[str, Any]) -> dict[str, Any]:
 
 def add_target(result: dict[str, Any], target: Target) -> None:
     result["targets"].append(asdict(target))
-
-
-def _plain(value: Any) -> Any:
-    """JSON for numpy scalars and arrays in a result (e.g. a target's numpy bool)."""
-    if isinstance(value, np.generic | np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def save_result(result: dict[str, Any], out_dir: Path) -> Path:
-    """Write ``out_dir/<benchmark>.json`` and regenerate the report next to it."""
-    from bench.report import write_report
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    path = out_dir / f"{result['benchmark']}.json"
-    path.write_text(json.dumps(result, indent=2, sort_keys=False, default=_plain) + "\n")
-    report = (
-        DEFAULT_REPORT if out_dir.resolve() == DEFAULT_OUT.resolve() else out_dir / "BENCHMARKS.md"
-    )
-    write_report(out_dir, report)
-    print(f"\nwrote {path} and {report}")
-    return path
-
-
-def print_and_save(
-    result: dict[str, Any], headers: Sequence[str], rows: Sequence[Sequence[Any]], out_dir: Path
-) -> int:
-    """A one-table benchmark's ending: print the table, save the result; the exit code (0)."""
-    print("\n" + text_table(headers, rows))
-    save_result(result, out_dir)
-    return 0
 
 
 def add_output_args(parser: argparse.ArgumentParser) -> None:

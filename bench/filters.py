@@ -48,12 +48,12 @@ from bench.common import (
     percentiles,
     pinned,
     ratio,
-    save_result,
     spawn,
     text_table,
     this_process_on,
     wait_http,
 )
+from bench.report import save_result
 from contracts.catalogue import CatalogueEntry, ItemMetadata, SqliteCatalogue
 from service.catalogue import ItemFilter, ItemMasks
 from service.ranking import ServingModel

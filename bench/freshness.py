@@ -47,10 +47,10 @@ from bench.common import (
     new_result,
     percentiles,
     pinned,
-    print_and_save,
     spawn,
     wait_http,
 )
+from bench.report import print_and_save
 
 NAME = "freshness"
 TITLE = "Freshness: event to recommendation, publish to served"

@@ -40,12 +40,12 @@ from bench.common import (
     percentiles,
     pinned,
     process_cpu_s,
-    save_result,
     spawn,
     text_table,
     this_process_on,
     wait_http,
 )
+from bench.report import save_result
 from bench.serving import READY_TIMEOUT_S, prepare_data_dir
 
 NAME = "impressions"

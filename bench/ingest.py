@@ -46,9 +46,9 @@ from bench.common import (
     markdown_table,
     new_result,
     pinned,
-    print_and_save,
     this_process_on,
 )
+from bench.report import print_and_save
 
 NAME = "ingest"
 TITLE = "Ingest: events/s from the event log into closed blocks"

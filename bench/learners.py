@@ -18,7 +18,8 @@ from pathlib import Path
 from statistics import mean
 from typing import Any
 
-from bench.common import add_output_args, markdown_table, new_result, print_and_save
+from bench.common import add_output_args, markdown_table, new_result
+from bench.report import print_and_save
 from contracts.event_log import SqliteEventLog
 from contracts.model_store import FileModelStore
 from contracts.settings import Settings

@@ -12,13 +12,25 @@ after every benchmark run, so it always matches the JSON next to it.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import importlib
 import json
+import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bench import NAMES
-from bench.common import DEFAULT_OUT, DEFAULT_REPORT, display_path, fmt, markdown_table
+from bench.common import (
+    DEFAULT_OUT,
+    DEFAULT_REPORT,
+    display_path,
+    fmt,
+    markdown_table,
+    text_table,
+)
 
 INTRO = """\
 # Benchmarks
@@ -118,6 +130,40 @@ def write_report(out_dir: Path, report: Path) -> Path:
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(render_report(out_dir))
     return report
+
+
+# --- a benchmark's ending: its JSON, then the whole report again ------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """JSON for numpy scalars and arrays in a result (e.g. a target's numpy bool)."""
+    if isinstance(value, np.generic | np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def save_result(result: dict[str, Any], out_dir: Path) -> Path:
+    """Write ``out_dir/<benchmark>.json`` and regenerate the report next to it."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result["finished_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    result["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    path = out_dir / f"{result['benchmark']}.json"
+    path.write_text(json.dumps(result, indent=2, sort_keys=False, default=_plain) + "\n")
+    report = (
+        DEFAULT_REPORT if out_dir.resolve() == DEFAULT_OUT.resolve() else out_dir / "BENCHMARKS.md"
+    )
+    write_report(out_dir, report)
+    print(f"\nwrote {path} and {report}")
+    return path
+
+
+def print_and_save(
+    result: dict[str, Any], headers: Sequence[str], rows: Sequence[Sequence[Any]], out_dir: Path
+) -> int:
+    """A one-table benchmark's ending: print the table, save the result; the exit code (0)."""
+    print("\n" + text_table(headers, rows))
+    save_result(result, out_dir)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,11 +50,11 @@ from bench.common import (
     new_result,
     percentiles,
     running,
-    save_result,
     spawn,
     text_table,
     wait_http,
 )
+from bench.report import save_result
 from contracts.model_store import FileModelStore, ModelSnapshot, RedisModelStore
 from service.ann import build_item_index
 from service.ranking import RankOptions, ServingModel, limit_blas_threads

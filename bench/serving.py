@@ -35,13 +35,13 @@ from bench.common import (
     pinned,
     process_cpu_s,
     ratio,
-    save_result,
     spawn,
     text_table,
     tool_version,
     wait_http,
 )
 from bench.loadgen import WrkRun, run_wrk, wrk_path
+from bench.report import save_result
 
 NAME = "serving"
 TITLE = "Serving: student vs teacher, GET /recommendations/{user}"

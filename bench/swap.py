@@ -29,10 +29,10 @@ from bench.common import (
     cpu_plan,
     markdown_table,
     new_result,
-    print_and_save,
     ratio,
     this_process_on,
 )
+from bench.report import print_and_save
 from bench.serving import ServerUnderTest, prepare_data_dir
 
 NAME = "swap"

@@ -44,9 +44,9 @@ from bench.common import (
     measure,
     new_result,
     ratio,
-    save_result,
     text_table,
 )
+from bench.report import save_result
 from models.api import BlockData
 
 NAME = "update"

@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands.add_parser(
         "bench",
-        help="benchmarks: serving, ingest, update, freshness, swap, learners, filters, scale, all "
+        help="benchmarks: serving, ingest, update, freshness, swap, learners, filters, "
+        "impressions, scale, foldin, all "
         "(ccd bench NAME --help)",
         add_help=False,
     )

@@ -200,7 +200,7 @@ def test_swap_benchmark_runs_and_reports(tmp_path: Path) -> None:
         + ["--rate", "100", "--out", str(tmp_path)]
     )
     result = swap.run(args)
-    common.save_result(result, tmp_path)
+    report.save_result(result, tmp_path)
     saved = json.loads((tmp_path / "swap.json").read_text())
     assert saved["results"]["steady"]["requests"] > 0
     assert saved["results"]["versions_swapped_in"] >= 1
