@@ -60,8 +60,8 @@ def test_events_appended_while_serving_are_excluded(
 
 def test_unknown_user_is_folded_in_from_its_first_event(ready_client: TestClient) -> None:
     """No event: the popular items. After one event on i3 = (1, 1) the user is folded in
-    (service.fold_in, alpha 10, lambda 1 x trace / d over the five items): u = (0.2835,
-    0.4813), so i2 0.567 > i1 0.481 > i0 0.284 > i4 0.241, with i3 itself excluded at once."""
+    (service.fold_in, alpha 10, lambda 10 x trace / d over the five items): u = (0.1589,
+    0.1729), so i2 0.318 > i1 0.173 > i0 0.159 > i4 0.086, with i3 itself excluded at once."""
     body = ready_client.get("/recommendations/stranger", params={"k": 3}).json()
     assert body["strategy"] == "popular"
     assert ranking(body) == [("i0", 5.0), ("i3", 4.0), ("i2", 3.0)]
@@ -71,9 +71,9 @@ def test_unknown_user_is_folded_in_from_its_first_event(ready_client: TestClient
     body = ready_client.get("/recommendations/stranger", params={"k": 3}).json()
     assert body["strategy"] == "fold_in"
     assert ranking(body) == [
-        ("i2", pytest.approx(0.5670, abs=1e-4)),
-        ("i1", pytest.approx(0.4813, abs=1e-4)),
-        ("i0", pytest.approx(0.2835, abs=1e-4)),
+        ("i2", pytest.approx(0.3178, abs=1e-4)),
+        ("i1", pytest.approx(0.1729, abs=1e-4)),
+        ("i0", pytest.approx(0.1589, abs=1e-4)),
     ]
 
 
