@@ -16,7 +16,6 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ import pytest
 from contracts.model_store import ModelSnapshot, RedisModelStore
 from contracts.settings import Settings
 from tests.faults.harness import test_services
+from tests.integration.children import CcdChild
 
 pytestmark = pytest.mark.slow
 
@@ -73,33 +73,23 @@ def make_version(seed: int) -> ModelSnapshot:
     return ModelSnapshot(USERS, ITEMS, users, items, popularity)
 
 
-class Replica:
+class Replica(CcdChild):
     """One `ccd serve` subprocess on a fixed port (kept across a kill and a restart)."""
 
     def __init__(self, name: str, env: dict[str, str], log_path: Path) -> None:
         self.name = name
         self.port = test_services.free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith("CCD_")}
-        self._env = {**inherited, **env, "CCD_PORT": str(self.port), "CCD_LOG_LEVEL": "WARNING"}
-        self._log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__(
+            "serve", {**env, "CCD_PORT": str(self.port), "CCD_LOG_LEVEL": "WARNING"}, log_path
+        )
         self.model_to_ready = float("nan")  # seconds from loading the model to ready
 
     def start(self) -> float:
         """Start it; returns the seconds until /health/ready answered 200."""
         started = time.monotonic()
-        with self._log_path.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "ccd", "serve"],
-                cwd=test_services.REPO_ROOT,
-                env=self._env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=test_services.die_with_parent,
-            )
+        self.spawn()
+        assert self.process is not None
         deadline = started + 60
         while time.monotonic() < deadline:
             assert self.process.poll() is None, f"{self.name} exited\n{self.log()}"
@@ -125,22 +115,6 @@ class Replica:
         except httpx.HTTPError:
             return None
         return answer.json().get("model_version") if answer.status_code == 200 else None
-
-    def kill(self) -> None:
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-
-    def log(self) -> str:
-        return self._log_path.read_text(errors="replace")[-3000:]
 
 
 class Balancer:

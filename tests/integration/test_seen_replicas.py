@@ -13,10 +13,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +26,7 @@ from contracts.events import InteractionEvent
 from contracts.model_store import RedisModelStore
 from contracts.settings import Settings
 from service.seen_store import seen_key
-from tests.faults.harness import test_services
+from tests.integration.children import CcdChild
 from tests.integration.test_replicas import ITEMS, USERS, Replica, make_version
 
 pytestmark = pytest.mark.slow
@@ -38,43 +34,14 @@ pytestmark = pytest.mark.slow
 READY_AFTER_MODEL_S = 2.0
 
 
-class Indexer:
+class Indexer(CcdChild):
     """One `ccd indexer` subprocess."""
 
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        inherited = {k: v for k, v in os.environ.items() if not k.startswith("CCD_")}
-        self._env = {**inherited, **env, "CCD_LOG_LEVEL": "INFO"}
-        self._log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
+        super().__init__("indexer", {**env, "CCD_LOG_LEVEL": "INFO"}, log_path)
 
     def start(self) -> None:
-        with self._log_path.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "ccd", "indexer"],
-                cwd=test_services.REPO_ROOT,
-                env=self._env,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=test_services.die_with_parent,
-            )
-
-    def kill(self) -> None:
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-
-    def log(self) -> str:
-        return self._log_path.read_text(errors="replace")[-3000:]
+        self.spawn()
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 60.0) -> None:
