@@ -175,6 +175,7 @@ def update_student(
         student.n_items, user_item_lists(block.train, student.n_users), exclusion
     )
     optimizer = adam(student.parameters(), cfg.student_lr, cfg.weight_decay)
+    hard = explicit_negatives(block)  # per-user lists, built once for every epoch
 
     def train_epoch(epoch: int) -> float:
         if cfg.replay_redraw_due(epoch):
@@ -192,7 +193,7 @@ def update_student(
             replay["set"],
             weight,
             gen,
-            hard=explicit_negatives(block),
+            hard=hard,
             hard_rate=cfg.hard_negative_rate,
         )
 

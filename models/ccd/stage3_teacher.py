@@ -376,6 +376,7 @@ def update_member(
         member.n_items, user_item_lists(window.train, member.n_users), ctx.exclusion
     )
     replay = {"set": draw_teacher_replay(member, ctx, cfg, gen)}
+    hard = explicit_negatives(window)  # per-user lists, built once for every epoch
 
     def train_epoch(epoch: int) -> float:
         if cfg.replay_redraw_due(epoch):
@@ -392,7 +393,7 @@ def update_member(
             weight,
             gen,
             loss,
-            hard=explicit_negatives(window),
+            hard=hard,
             hard_rate=cfg.hard_negative_rate,
         )
 
