@@ -17,8 +17,10 @@ Base training on D0 runs once (teachers, ensemble T_0, Stage 1 KD of D_0, throug
 
 After each block k every method's teacher and student are evaluated on the test sets of
 blocks 0..k (R[k][j]) and on block k's new users, and the whole results folder is rewritten
-(``experiments.report``), so an interrupted run keeps what it did; ``--resume`` continues from the
-last finished block's checkpoint (``<out>/state/``).
+(``experiments.report``), so an interrupted run keeps what it did. The learners are checkpointed
+after every finished block and after every method within a block (``<out>/state/``): ``--resume``
+continues from there, skipping the methods that already learned the unfinished block (a Gowalla
+block is hours of CPU per method).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import json
 import logging
 import pickle
@@ -33,7 +36,7 @@ import shlex
 import sys
 import time
 import types
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -580,14 +583,22 @@ def _state_path(out: Path) -> Path:
 
 
 def save_checkpoint(
-    out: Path, k: int, methods: dict[str, Any], results: RunResults, evaluator: Evaluator
+    out: Path,
+    k: int,
+    methods: dict[str, Any],
+    results: RunResults,
+    evaluator: Evaluator,
+    done_in_next: Sequence[str] = (),
 ) -> None:
-    """Pickle the methods (learners included), the results and the evaluation cache."""
+    """Pickle the methods (learners included), the results and the evaluation cache after block
+    ``k``; ``done_in_next`` names the methods that have already learned (and been evaluated on)
+    block k + 1, so that ``--resume`` skips them."""
     path = _state_path(out)
     path.parent.mkdir(parents=True, exist_ok=True)
     (path.parent / ".gitignore").write_text("*\n")  # large binary state: never committed
     tmp = path.with_suffix(".tmp")
-    torch.save({"k": k, "methods": methods, "results": results, "cache": evaluator.cache}, tmp)
+    state = {"k": k, "methods": methods, "results": results, "cache": evaluator.cache}
+    torch.save(state | {"done_in_next": list(done_in_next)}, tmp)
     tmp.replace(path)
 
 
@@ -701,17 +712,23 @@ def run(options: ReplayOptions) -> RunResults:
     blocks = blocks[: options.blocks] if options.blocks else blocks
     cfg = build_config(options)
     evaluator = Evaluator(blocks, cfg.chunk)
-    start, methods = 0, {}
+    start, methods, done_in_start = 0, {}, []
     if options.resume:
         state = load_checkpoint(options.out)
         results, methods, start = state["results"], state["methods"], state["k"] + 1
+        done_in_start = state.get("done_in_next", [])  # absent in checkpoints before it existed
         evaluator.cache.update(state["cache"])
         if cfg.to_dict() != {k: results.config[k] for k in cfg.to_dict()}:
             log.warning("--resume: the checkpoint's learners keep their own config; options differ")
         results.n_blocks = len(blocks)
         results.block_stats = block_stats(blocks, evaluator.new_users)
         results.command += "\n" + options.command  # the resumed invocation
-        log.info("resuming after D%d from %s", state["k"], _state_path(options.out))
+        log.info(
+            "resuming after D%d from %s%s",
+            state["k"],
+            _state_path(options.out),
+            f" (D{start} already learned by {', '.join(done_in_start)})" if done_in_start else "",
+        )
     else:
         results = RunResults(
             dataset=options.dataset,
@@ -743,7 +760,14 @@ def run(options: ReplayOptions) -> RunResults:
             progress.set_postfix_str("base training")
             methods = _base_block(results, evaluator, cfg, blocks[0], options)
         else:
-            _continual_block(results, evaluator, methods, k, blocks[k], progress)
+            # After each method but the last (the block's own checkpoint follows below).
+            method_done = (
+                functools.partial(save_checkpoint, options.out, k - 1, methods, results, evaluator)
+                if options.checkpoint
+                else None
+            )
+            skip = done_in_start if k == start else []
+            _continual_block(results, evaluator, methods, k, blocks[k], progress, skip, method_done)
         results.blocks_done = k + 1
         results.elapsed_s = elapsed_before + time.perf_counter() - started
         write_results(results, options.out)
@@ -806,11 +830,19 @@ def _continual_block(
     k: int,
     block: BlockData,
     progress: tqdm,
+    skip: Sequence[str] = (),
+    method_done: Callable[[list[str]], None] | None = None,
 ) -> None:
-    """Block k >= 1: each method learns it, then its teacher and student are evaluated."""
+    """Block k >= 1: each method learns it, then its teacher and student are evaluated.
+
+    ``skip``: methods that already did both (a resumed block); ``method_done`` is called with
+    the names done so far after each method (the checkpoint)."""
     timings = results.timings.setdefault(str(k), {})
     infos = results.infos.setdefault(str(k), {})
-    for name in tqdm(list(methods), desc=f"D{k}", leave=False, unit="method"):
+    done = list(skip)
+    for name in tqdm(
+        [n for n in methods if n not in done], desc=f"D{k}", leave=False, unit="method"
+    ):
         progress.set_postfix_str(f"{name}: learning")
         log.info("D%d %s: learning (%d train interactions)", k, name, len(block.train))
         began_cpu = time.process_time()
@@ -822,6 +854,9 @@ def _continual_block(
         timings[name] = _timed_stages(report, began, began_cpu)
         infos[name] = jsonable(report.info)
         _log_scores(results, name, k)
+        done.append(name)
+        if method_done is not None and len(done) < len(methods):
+            method_done(done)
 
 
 def main(argv: list[str] | None = None) -> int:

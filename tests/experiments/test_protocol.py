@@ -18,6 +18,7 @@ from experiments.protocol import (
     METHODS,
     MOVED_PICKLE,
     CCDMethod,
+    FineTuneMethod,
     ReplayOptions,
     build_config,
     main,
@@ -390,3 +391,39 @@ def test_a_checkpoint_pickled_before_the_layout_move_still_loads() -> None:
     assert type(MOVED_PICKLE.Unpickler(io.BytesIO(old)).load()) is CCDMethod
     moved = pickle.dumps(member_state, protocol=0).replace(b"models.ccd.learner", b"models.ccd")
     assert MOVED_PICKLE.Unpickler(io.BytesIO(moved)).load() is member_state
+
+
+def test_resume_skips_the_methods_that_already_learned_the_unfinished_block(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run killed while ``ft`` learns D2 (after ``ccd`` and ``teacher_ft`` learned it) resumes
+    from the per-method checkpoint: ccd does not learn D2 again, and the results are those of an
+    uninterrupted run (the fixed-seed summary above)."""
+    data = tmp_path / "interactions.tsv"
+    write_blocks(data)
+    out = tmp_path / "results"
+    args = ["--dataset", str(data), "--out", str(out), "--preset", "stream", "--threads", "1"]
+
+    def killed(self, block: BlockData):
+        if self.student.blocks_seen == 2:  # about to learn D2
+            raise KeyboardInterrupt("killed while ft learns D2")
+        return unpatched_ft(self, block)
+
+    unpatched_ft = FineTuneMethod.learn_block
+    monkeypatch.setattr(FineTuneMethod, "learn_block", killed)
+    with pytest.raises(KeyboardInterrupt):
+        main([*args, *TINY])
+    monkeypatch.undo()
+
+    ccd_blocks: list[int] = []
+    unpatched_ccd = CCDMethod.learn_block
+
+    def counted(self, block: BlockData):
+        ccd_blocks.append(self.learner.blocks_seen)
+        return unpatched_ccd(self, block)
+
+    monkeypatch.setattr(CCDMethod, "learn_block", counted)
+    assert main([*args, *TINY, "--resume"]) == 0
+    assert ccd_blocks == []  # D2 was the last block and ccd had learned it before the kill
+    before = json.loads((FIXTURES / "replay_summary.json").read_text())
+    assert_close(json.loads((out / "summary.json").read_text()), before)
