@@ -110,6 +110,11 @@ class CCDConfig:
     kd_n_neg: int = setting(1, "negatives per positive in Stage 1's BPR")
     kd_rrd_weight: float = setting(0.01, "weight of the user-side relaxed ranking loss (RRD)")
     kd_ir_weight: float = setting(0.01, "weight of the item-side relaxed ranking loss (IR-RRD)")
+    kd_user_rrd: Literal["per_batch", "per_epoch"] = setting(
+        "per_batch",
+        "user-side RRD on each BPR batch's users (the code: ~1 step per train pair) or one pass "
+        "over all users per epoch, like IR-RRD (Gowalla: ~20x fewer RRD rows)",
+    )
     kd_interesting: int = setting(
         40, "interesting items per user (and users per item): the teacher's top"
     )

@@ -1,8 +1,9 @@
 """Stage 1: distil a fresh, randomly initialised student from the teacher ensemble (§3.3).
 
 Per epoch: BPR minibatches (batch 1024, sigmoid clamped as in ``KD.py``) each plus 0.01 x the
-relaxed ranking loss (RRD) of the batch's unique users; then a pass over all items (shuffled,
-batches of 1024) with 0.01 x IR-RRD. Interesting items/users are the teacher's top-40 (train
+relaxed ranking loss (RRD) of the batch's unique users (``kd_user_rrd="per_epoch"``: instead one
+pass over all users after the BPR batches); then a pass over all items (shuffled, batches of
+1024) with 0.01 x IR-RRD. Interesting items/users are the teacher's top-40 (train
 pairs excluded: DE-RRD semantics, or the code's NaN-first quirk); uninteresting ones are drawn
 uniformly without replacement from everything else, re-drawn every 10 epochs.
 
@@ -317,6 +318,15 @@ def distill(
             return student.user_table.weight, student.item_table.weight
         return student.embeddings()
 
+    def user_rrd(batch_users: Tensor) -> Tensor:
+        ego_u, ego_i = rrd_tables()
+        return cfg.kd_rrd_weight * rrd_loss(
+            ego_u[batch_users],
+            ego_i,
+            lists.interesting_items[batch_users],
+            uninteresting["items"][batch_users],
+        )
+
     def train_epoch(epoch: int) -> float:
         student.train()
         if epoch % cfg.kd_resample_every == 0:
@@ -330,6 +340,7 @@ def distill(
             users, n_items, None, None, cfg.kd_n_neg, gen, forbidden=forbidden
         )
         clamp = (1e-4, 0.9999) if cfg.kd_bpr_clamp else None
+        rrd_per_batch = cfg.kd_user_rrd == "per_batch"
         total = 0.0
         for batch in torch.randperm(len(users), generator=gen).split(cfg.kd_batch):
             u, p, n = users[batch], items[batch], negatives[batch]
@@ -337,15 +348,12 @@ def distill(
             pos = (user_emb[u] * item_emb[p]).sum(-1)
             neg = torch.einsum("nd,nmd->nm", user_emb[u], item_emb[n])
             loss = bpr_loss(pos, neg, clamp)
-            batch_users = u.unique()
-            ego_u, ego_i = rrd_tables()
-            loss = loss + cfg.kd_rrd_weight * rrd_loss(
-                ego_u[batch_users],
-                ego_i,
-                lists.interesting_items[batch_users],
-                uninteresting["items"][batch_users],
-            )
+            if rrd_per_batch:
+                loss = loss + user_rrd(u.unique())
             total += step(loss)
+        if not rrd_per_batch:  # every user once, in shuffled batches (as IR-RRD's items below)
+            for batch_users in torch.randperm(n_users, generator=gen).split(cfg.kd_batch):
+                total += step(user_rrd(batch_users))
         for batch_items in torch.randperm(n_items, generator=gen).split(cfg.kd_batch):
             ego_u, ego_i = rrd_tables()
             loss = cfg.kd_ir_weight * rrd_loss(

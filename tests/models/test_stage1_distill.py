@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from models.api import BlockData, Embeddings, Interactions
-from models.ccd import CCDConfig
+from models.ccd import CCDConfig, stage1_distill
 from models.ccd.stage1_distill import (
     blocked_pairs,
     distill,
@@ -114,10 +114,15 @@ def low_rank_block(
     return block, Embeddings(users_f, items_f)
 
 
-def test_distilled_student_learns_the_teacher_ranking() -> None:
+@pytest.mark.parametrize("user_rrd", ["per_batch", "per_epoch"])
+def test_distilled_student_learns_the_teacher_ranking(user_rrd: str) -> None:
     block, truth = low_rank_block()
     cfg = CCDConfig.preset(
-        "stream", kd_epochs=6, kd_uninteresting_items=40, kd_uninteresting_users=60
+        "stream",
+        kd_epochs=6,
+        kd_uninteresting_items=40,
+        kd_uninteresting_users=60,
+        kd_user_rrd=user_rrd,
     )
     result = distill(embedding_scorer(truth), block, cfg, seed=0)
     assert result.lists.interesting_items.shape == (150, 40)
@@ -129,6 +134,42 @@ def test_distilled_student_learns_the_teacher_ranking() -> None:
     random_recall = 20 / 80
     assert got["recall@20"] > random_recall + 0.2, got
     assert result.fit.best_epoch >= 0 and not math.isinf(result.fit.best_score)
+
+
+@pytest.mark.parametrize("user_rrd", ["per_batch", "per_epoch"])
+def test_user_side_rrd_rows_per_epoch(user_rrd: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """per_batch: each BPR batch's unique users (a user once per batch holding one of its pairs);
+    per_epoch: every user exactly once per epoch, also one without train pairs."""
+    block, truth = low_rank_block()
+    n_users, n_items = block.n_users + 5, block.n_items  # 5 users with no pairs at all
+    block = dataclasses.replace(block, n_users=n_users)
+    truth = Embeddings(torch.cat([truth.users, torch.randn(5, 4)]), truth.items)
+    user_rows: list[torch.Tensor] = []
+    real_rrd_loss = stage1_distill.rrd_loss
+
+    def recording(anchors, table, interesting, uninteresting):
+        if table.shape[0] == n_items:  # the user side: users ranked over items
+            user_rows.append(anchors.detach().clone())
+        return real_rrd_loss(anchors, table, interesting, uninteresting)
+
+    monkeypatch.setattr(stage1_distill, "rrd_loss", recording)
+    cfg = CCDConfig.preset(
+        "stream",
+        kd_epochs=1,
+        kd_batch=256,
+        kd_uninteresting_items=40,
+        kd_uninteresting_users=60,
+        kd_user_rrd=user_rrd,
+    )
+    distill(embedding_scorer(truth), block, cfg, seed=0)
+    rows = sum(len(r) for r in user_rows)
+    n_batches = math.ceil(len(block.train) / 256)
+    if user_rrd == "per_epoch":
+        assert rows == n_users and len(user_rows) == math.ceil(n_users / 256)
+    else:
+        assert len(user_rows) == n_batches
+        active = block.train.users.unique().numel()
+        assert active < rows <= n_batches * active  # users repeat across batches
 
 
 def test_a_warm_started_distillation_grows_the_previous_student() -> None:
