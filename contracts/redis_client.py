@@ -28,11 +28,13 @@ they always were, so a single-node deployment keeps its data with no migration. 
 sets carry their per-user tag in every mode (``service.seen_store``).
 
 A cluster client is made on first use (``LazyCluster``): redis-py's ``RedisCluster`` asks the
-seeds for the cluster's layout in its constructor and raises ``RedisClusterException`` (which is
-not a ``redis.RedisError``) when none answers. Made lazily, a process starts while the cluster
-is down, as it does with one server, and an unreachable cluster surfaces as
-``redis.ConnectionError`` on the first command, which every component already handles as an
-outage.
+seeds for the cluster's layout in its constructor, and again whenever a node stops answering,
+and raises ``RedisClusterException`` ("cannot be connected", which is not a ``redis.RedisError``)
+when none answers. Made lazily, a process starts while the cluster is down, as it does with one
+server; and that failure, at start or mid-run, is raised as ``redis.ConnectionError``, which
+every component already handles as an outage (retry, 503, one log line). Other
+``RedisClusterException``s (a seed without cluster mode, keys of one step in several slots) are
+mistakes of configuration or code and stay as they are.
 """
 
 from __future__ import annotations
@@ -158,6 +160,23 @@ def hash_tagged(name: str, cluster: bool) -> str:
     return f"{{{name}}}"
 
 
+def _unreachable_as_connection_error(function: Any) -> Any:
+    """``function`` raising ``redis.ConnectionError`` where redis-py raises
+    ``RedisClusterException`` because no node could be reached."""
+    import redis
+    from redis.exceptions import RedisClusterException
+
+    def unreachable_as_connection_error(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except RedisClusterException as error:
+            if isinstance(error.__cause__, redis.ConnectionError | redis.TimeoutError | OSError):
+                raise redis.ConnectionError(f"Redis Cluster: {error}") from error
+            raise
+
+    return unreachable_as_connection_error
+
+
 class LazyCluster:
     """A ``redis.cluster.RedisCluster`` made on first use (see the module docstring); every
     attribute is the cluster client's. While no seed answers, each use raises
@@ -172,19 +191,17 @@ class LazyCluster:
     def client(self) -> Any:
         """The ``RedisCluster``, made now if it was not yet."""
         if self._client is None:
-            import redis
             from redis.cluster import ClusterNode, RedisCluster
-            from redis.exceptions import RedisClusterException
 
             with self._lock:
                 if self._client is None:
                     seeds = [ClusterNode(host, port) for host, port in self.target.seeds[1:]]
-                    try:
-                        self._client = RedisCluster.from_url(
-                            self.target.url, startup_nodes=seeds, **self._options
-                        )
-                    except RedisClusterException as error:
-                        raise redis.ConnectionError(f"Redis Cluster: {error}") from error
+                    make = _unreachable_as_connection_error(RedisCluster.from_url)
+                    client = make(self.target.url, startup_nodes=seeds, **self._options)
+                    # Every path that re-reads the layout (commands, pipelines) goes through it.
+                    manager = client.nodes_manager
+                    manager.initialize = _unreachable_as_connection_error(manager.initialize)
+                    self._client = client
         return self._client
 
     def __getattr__(self, name: str) -> Any:

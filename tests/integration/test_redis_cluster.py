@@ -10,6 +10,7 @@ of its own, so that a given cluster is left with only those.
 from __future__ import annotations
 
 import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -42,45 +43,66 @@ MASTERS = 3
 READY_S = 30.0
 
 
-def start_cluster(work_dir: Path, services: list) -> str:
-    """Three masters on free ports, joined; returns their ``redis+cluster://`` URL."""
-    redis_server = test_services.require_tool("redis-server", "redis-server")
-    redis_cli = test_services.require_tool("redis-cli", "redis-tools")
-    addresses = []
-    for index in range(MASTERS):
-        node_dir = work_dir / f"node{index}"
-        node_dir.mkdir()
-        # The cluster bus gets a port of its own: the default (port + 10000) may not exist.
-        port, bus_port = test_services.free_port(), test_services.free_port()
-        cmd = [
-            redis_server,
-            "--bind", "127.0.0.1",
-            "--port", str(port),
-            "--cluster-enabled", "yes",
-            "--cluster-port", str(bus_port),
-            "--cluster-config-file", str(node_dir / "nodes.conf"),
-            "--cluster-node-timeout", "5000",
-            "--dir", str(node_dir),
-            "--save", "",
-            "--appendonly", "no",
-            "--daemonize", "no",
-            "--logfile", "",
-        ]  # fmt: skip
-        service = test_services.spawn(f"cluster node {index}", cmd, node_dir, node_dir / "log")
-        services.append(service)
-        url = f"redis://127.0.0.1:{port}/0"
-        test_services.wait_until(service, lambda url=url: test_services.redis_ping(url), "PING")
-        addresses.append(f"127.0.0.1:{port}")
-    test_services.run_checked(
-        [redis_cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
-        "redis-cli --cluster create",
-    )
-    deadline = time.monotonic() + READY_S
-    while not all(cluster_ok(address) for address in addresses):
-        if time.monotonic() > deadline:
-            pytest.fail(f"cluster_state:ok not reached in {READY_S:.0f} s")
-        time.sleep(0.1)
-    return "redis+cluster://" + ",".join(addresses)
+class OwnCluster:
+    """Three masters on free ports, each ``redis-server`` in its own process group; ``kill``
+    and ``start`` again bring the same nodes back (their ``nodes.conf`` keeps the layout)."""
+
+    def __init__(self, work_dir: Path) -> None:
+        redis_server = test_services.require_tool("redis-server", "redis-server")
+        self.redis_cli = test_services.require_tool("redis-cli", "redis-tools")
+        self.nodes: list[tuple[str, list[str], Path]] = []  # address, command, folder
+        for index in range(MASTERS):
+            node_dir = work_dir / f"node{index}"
+            node_dir.mkdir()
+            # The cluster bus gets a port of its own: the default (port + 10000) may not exist.
+            port, bus_port = test_services.free_port(), test_services.free_port()
+            cmd = [
+                redis_server,
+                "--bind", "127.0.0.1",
+                "--port", str(port),
+                "--cluster-enabled", "yes",
+                "--cluster-port", str(bus_port),
+                "--cluster-config-file", str(node_dir / "nodes.conf"),
+                "--cluster-node-timeout", "5000",
+                "--dir", str(node_dir),
+                "--save", "",
+                "--appendonly", "no",
+                "--daemonize", "no",
+                "--logfile", "",
+            ]  # fmt: skip
+            self.nodes.append((f"127.0.0.1:{port}", cmd, node_dir))
+        self.url = "redis+cluster://" + ",".join(address for address, _, _ in self.nodes)
+        self.services: list = []
+
+    def start(self, create: bool = False) -> None:
+        for index, (address, cmd, node_dir) in enumerate(self.nodes):
+            service = test_services.spawn(f"cluster node {index}", cmd, node_dir, node_dir / "log")
+            self.services.append(service)
+            url = f"redis://{address}/0"
+            test_services.wait_until(service, lambda url=url: test_services.redis_ping(url), "PING")
+        addresses = [address for address, _, _ in self.nodes]
+        if create:
+            test_services.run_checked(
+                [self.redis_cli, "--cluster", "create", *addresses,
+                 "--cluster-replicas", "0", "--cluster-yes"],
+                "redis-cli --cluster create",
+            )  # fmt: skip
+        deadline = time.monotonic() + READY_S
+        while not all(cluster_ok(address) for address in addresses):
+            if time.monotonic() > deadline:
+                pytest.fail(f"cluster_state:ok not reached in {READY_S:.0f} s")
+            time.sleep(0.1)
+
+    def kill(self) -> None:
+        for service in self.services:
+            os.killpg(service.process.pid, signal.SIGKILL)
+            service.process.wait()
+        self.services = []
+
+    def stop(self) -> None:
+        for service in self.services:
+            service.stop()
+        self.services = []
 
 
 def cluster_ok(address: str) -> bool:
@@ -92,17 +114,22 @@ def cluster_ok(address: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    given = os.environ.get(CLUSTER_ENV)
-    if given:
-        yield given
+def own_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnCluster | None]:
+    """The cluster this module started, or None when ``CCD_TEST_REDIS_CLUSTER_URL`` names one."""
+    if os.environ.get(CLUSTER_ENV):
+        yield None
         return
-    services: list = []
+    cluster = OwnCluster(tmp_path_factory.mktemp("redis-cluster"))
     try:
-        yield start_cluster(tmp_path_factory.mktemp("redis-cluster"), services)
+        cluster.start(create=True)
+        yield cluster
     finally:
-        for service in services:
-            service.stop()
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster_url(own_cluster: OwnCluster | None) -> str:
+    return own_cluster.url if own_cluster is not None else os.environ[CLUSTER_ENV]
 
 
 @pytest.fixture
@@ -279,6 +306,41 @@ def test_impressions_are_recorded_on_a_cluster(
     finally:
         store.close()
         delete_prefix(cluster, unique_name)
+
+
+def test_a_whole_cluster_outage_is_a_connection_error_and_clients_recover(
+    own_cluster: OwnCluster | None, cluster_url: str, unique_name: str
+) -> None:
+    """Last in this module: it kills every node (the data goes with them)."""
+    if own_cluster is None:
+        pytest.skip(f"the cluster {CLUSTER_ENV} names is not this test's to kill")
+    index = RedisSeenIndex(cluster_url, unique_name, timeout_s=2.0)
+    store = RedisModelStore(cluster_url, unique_name)
+    try:
+        index.add([("u1", "a")])
+        assert store.current_version() is None
+        own_cluster.kill()
+        # What every component treats as an outage (redis-py's own error here would be a
+        # RedisClusterException, which is not a RedisError): commands, pipelines, pub/sub.
+        with pytest.raises(redis.ConnectionError):
+            store.current_version()
+        with pytest.raises(redis.ConnectionError):
+            index.add([("u2", "b")])  # a pipeline over several masters
+        with pytest.raises(redis.ConnectionError):
+            store.wait_for_update(0.2)
+        own_cluster.start()
+        assert wait_for(lambda: answers(lambda: store.current_version() is None), 20.0)
+        assert index.add([("u3", "c")]) == 1 and index.items_of("u3") == frozenset({"c"})
+    finally:
+        index.close()
+        store.close()
+
+
+def answers(call) -> bool:
+    try:
+        return bool(call())
+    except redis.RedisError:
+        return False
 
 
 def wait_for(condition, timeout_s: float = 10.0) -> bool:
