@@ -177,11 +177,11 @@ def memory_per_impression(count: int, k: int, n_items: int) -> dict[str, Any]:
     out.update(_cpu_per_impression(count, impressions, Path(tempfile.gettempdir())))
     redis_url = os.environ.get("CCD_TEST_REDIS_URL")
     if redis_url:
-        import redis
+        from contracts.redis_client import connect
 
         prefix = f"bench-impressions-{os.getpid()}"
         stream = RedisImpressionStore(redis_url, prefix, count)
-        client = redis.Redis.from_url(redis_url)
+        client = connect(redis_url, socket_timeout=30)
         try:
             for start in range(0, count, 1000):
                 stream.write(impressions[start : start + 1000])

@@ -174,8 +174,7 @@ def read_latency(index: Any, users: int, rounds: int, batch: int) -> dict[str, f
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import redis
-
+    from contracts.redis_client import connect
     from service.seen import SeenItems
     from service.seen_store import RedisSeenIndex, seen_key
 
@@ -183,7 +182,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     history = histories(args.users, args.per_user, args.items)
     pairs = pairs_of(history)
     model = snapshot(args.users, args.items)
-    raw = redis.Redis.from_url(args.redis)
+    raw = connect(args.redis, socket_timeout=30)  # one server: it reads INFO memory
     work = Path(tempfile.mkdtemp(prefix="bench-seen-"))
     servers: list[Server] = []
     try:

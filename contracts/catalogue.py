@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from contracts.redis_client import connect, hash_tagged, is_cluster
+
 if TYPE_CHECKING:
     from contracts.settings import Settings
 
@@ -282,17 +284,17 @@ _REDIS_READ_BATCH = 10_000
 
 
 class RedisCatalogue:
-    """Keys under ``prefix``: ``{p}:items:tags`` / ``:available`` / ``:timestamp`` (hashes by
-    item id), ``{p}:items:changes`` (sorted set: item id scored by the version of its newest
-    write) and ``{p}:items:version`` (the counter)."""
+    """Keys under ``prefix`` (``p``): ``{p}:items:tags`` / ``:available`` / ``:timestamp``
+    (hashes by item id), ``{p}:items:changes`` (sorted set: item id scored by the version of its
+    newest write) and ``{p}:items:version`` (the counter). A write (one script) and a read (one
+    transaction) touch several of them: on a Redis Cluster they share the hash tag
+    ``{<p>:items}`` (``contracts.redis_client.hash_tagged``), a slot of their own."""
 
     def __init__(self, url: str, prefix: str = "ccd") -> None:
-        import redis
-
-        self._redis = redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5)
+        self._redis = connect(url, socket_timeout=30, socket_connect_timeout=5)
+        items = hash_tagged(f"{prefix}:items", is_cluster(self._redis))
         self._keys = [
-            f"{prefix}:items:{part}"
-            for part in ("tags", "available", "timestamp", "changes", "version")
+            f"{items}:{part}" for part in ("tags", "available", "timestamp", "changes", "version")
         ]
         self._write_script = self._redis.register_script(_REDIS_WRITE)
 

@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from contracts.redis_client import connect, hash_tagged, is_cluster
+
 if TYPE_CHECKING:
     from contracts.settings import Settings
 
@@ -399,15 +401,18 @@ return version
 
 
 class RedisModelStore:
-    """Keys under ``prefix``: ``{p}:next_version`` (INCR counter), ``{p}:versions`` (sorted set),
-    ``{p}:model:{v}:meta`` (JSON incl. the chunk count), ``{p}:model:{v}:chunk:{i}`` (blob parts),
-    ``{p}:current`` (the pointer); updates are announced on channel ``{p}:updates``."""
+    """Keys under ``prefix`` (``p``): ``{p}:next_version`` (INCR counter), ``{p}:versions``
+    (sorted set), ``{p}:model:{v}:meta`` (JSON incl. the chunk count), ``{p}:model:{v}:chunk:{i}``
+    (blob parts), ``{p}:current`` (the pointer); updates are announced on channel
+    ``{p}:updates``. On a Redis Cluster the keys' prefix is the hash tag ``{<prefix>}``
+    (``contracts.redis_client.hash_tagged``): the version counter, the flip and the pruning each
+    touch several of these keys, and the writer lease's key (the publish's fence) sits under the
+    same tag, so they all live in one slot. The channel keeps its name (a cluster delivers a
+    PUBLISH to subscribers on every node)."""
 
     def __init__(self, url: str, prefix: str = "ccd", keep_versions: int = 5) -> None:
-        import redis
-
-        self._redis = redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5)
-        self.prefix = prefix
+        self._redis = connect(url, socket_timeout=30, socket_connect_timeout=5)
+        self.prefix = hash_tagged(prefix, is_cluster(self._redis))
         self.keep_versions = keep_versions
         self.channel = f"{prefix}:updates"
         self._pubsub: Any = None

@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from contracts.events import DEFAULT_EVENT_WEIGHTS, EventWeights
+from contracts.redis_client import parse_url
 
 DEFAULT_GROUP_ID = "ccd-trainer"
 
@@ -77,8 +78,18 @@ class Settings(BaseSettings):
     )
 
     # --- model store --------------------------------------------------------------------------
-    redis_url: str | None = Field(None, description="Redis URL; unset = embedded file store")
-    redis_prefix: str = Field("ccd", description="Prefix of every Redis key and channel")
+    redis_url: str | None = Field(
+        None,
+        description="Redis URL; unset = embedded file store. One server: redis://host:port/0 "
+        "(rediss:// for TLS, unix://path); a Redis Cluster: redis+cluster://host:port[,host:port"
+        "...] (rediss+cluster:// for TLS), any masters or replicas as seeds "
+        "(contracts.redis_client)",
+    )
+    redis_prefix: str = Field(
+        "ccd",
+        description="Prefix of every Redis key and channel (no braces on a Redis Cluster: it "
+        "becomes part of the keys' hash tags)",
+    )
     keep_versions: int = Field(5, ge=1, description="Model versions kept for rollback")
 
     # --- seen items (per-user state) ----------------------------------------------------------
@@ -274,6 +285,13 @@ class Settings(BaseSettings):
         """The parsed ``ab``: (slot, weight) pairs; empty without an A/B split."""
         return parse_ab(self.ab)
 
+    @field_validator("redis_url")
+    @classmethod
+    def _parse_redis_url(cls, value: str | None) -> str | None:
+        if value:
+            parse_url(value)  # refused at start-up, naming the variable
+        return value
+
     @field_validator("event_weights")
     @classmethod
     def _parse_event_weights(cls, value: str) -> str:
@@ -305,6 +323,12 @@ class Settings(BaseSettings):
             problems.append(
                 "CCD_SEEN_STORE=redis needs CCD_KAFKA_BOOTSTRAP_SERVERS and CCD_REDIS_URL (the "
                 "indexer reads Kafka and writes Redis)"
+            )
+        cluster = bool(self.redis_url) and parse_url(self.redis_url or "").cluster
+        if cluster and ("{" in self.redis_prefix or "}" in self.redis_prefix):
+            problems.append(
+                f"CCD_REDIS_PREFIX={self.redis_prefix!r} holds a brace: on a Redis Cluster "
+                "braces choose the keys' hash slot (contracts.redis_client)"
             )
         if problems:
             raise ValueError("; ".join(problems))

@@ -199,9 +199,9 @@ def start_redis(work_dir: Path) -> tuple[Service, str]:
 
 
 def redis_ping(url: str) -> bool:
-    import redis
+    from contracts.redis_client import connect
 
-    client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    client = connect(url, socket_timeout=2)
     try:
         return bool(client.ping())
     finally:

@@ -36,6 +36,7 @@ from typing import Protocol
 
 import orjson
 
+from contracts.redis_client import connect
 from contracts.settings import Settings
 from contracts.throttle import OutageLog
 from service.metrics import ServiceMetrics
@@ -129,9 +130,7 @@ class RedisImpressionStore:
     """A Redis stream capped at about ``max_len`` entries (``XADD MAXLEN ~``)."""
 
     def __init__(self, url: str, prefix: str, max_len: int) -> None:
-        import redis
-
-        self._client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+        self._client = connect(url, socket_timeout=2.0)
         self.key = f"{prefix}:impressions"
         self._max_len = max_len
 

@@ -35,6 +35,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+from contracts.redis_client import connect
 from service.breaker import BreakerOpen, CircuitBreaker
 
 log = logging.getLogger(__name__)
@@ -82,11 +83,7 @@ class RedisSeenIndex:
     """The seen-items sets in Redis, behind the same verbs as ``service.seen.SeenItems``."""
 
     def __init__(self, url: str, prefix: str, timeout_s: float = 0.5) -> None:
-        import redis
-
-        self._redis = redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, decode_responses=True
-        )
+        self._redis = connect(url, socket_timeout=timeout_s, decode_responses=True)
         self.prefix = prefix
         self._items_key = f"{prefix}:seen-items"
         self._stats_key = f"{prefix}:seen-stats"

@@ -1,7 +1,8 @@
 """The trainer's writer lease: of all trainers started against one store, one trains and
 publishes; the others wait and take over when it dies.
 
-- Redis (when the store is Redis): key ``{prefix}:trainer:lease`` holds the holder's random
+- Redis (when the store is Redis): key ``{prefix}:trainer:lease`` (on a Redis Cluster
+  ``{{prefix}}:trainer:lease``, in the model store's slot) holds the holder's random
   token with a TTL (``SET NX PX``), renewed by a heartbeat thread every TTL/3 and deleted on a
   clean exit. Each acquisition increments ``{prefix}:trainer:lease:epoch``. A holder that could
   not renew in time (Redis down, process paused) counts its lease as doubtful from TTL * 0.8
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from contracts.model_store import Fence
+from contracts.redis_client import connect, hash_tagged, is_cluster
 
 if TYPE_CHECKING:
     from contracts.settings import Settings
@@ -192,17 +194,15 @@ class RedisLease:
     """See the module docstring. ``ttl_s`` also sets the standby's poll (TTL/4, at most 1 s)."""
 
     def __init__(self, url: str, prefix: str, ttl_s: float) -> None:
-        import redis
-
-        self.key = f"{prefix}:trainer:lease"
-        self.epoch_key = f"{prefix}:trainer:lease:epoch"
+        timeout = max(0.5, ttl_s / 3)
+        self._redis = connect(url, socket_timeout=timeout)
+        # The model store's tag on a cluster: the fenced flip reads this key with its own.
+        tagged = hash_tagged(prefix, is_cluster(self._redis))
+        self.key = f"{tagged}:trainer:lease"
+        self.epoch_key = f"{tagged}:trainer:lease:epoch"
         self.ttl_s = ttl_s
         self.holder = _holder_name()
         self.epoch = 0
-        timeout = max(0.5, ttl_s / 3)
-        self._redis = redis.Redis.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
         self._trusted_until = float("-inf")  # monotonic clock
         self._lost = False
         self._lost_reason = ""
