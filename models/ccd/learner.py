@@ -230,9 +230,10 @@ class CCDLearner:
             self.history = union_pairs([self.history, block.train], block.n_items)
         if len(block.negatives) or len(self.negatives):
             self.negatives = union_pairs([self.negatives, block.negatives], block.n_items)
-        # Components drawing from torch's global RNG (Mult-VAE noise) get a per-block seed
-        # without disturbing the caller's RNG state.
-        with torch.random.fork_rng(devices=[]):
+        # Components drawing from torch's global RNG (Mult-VAE noise, drawn on the CPU) get a
+        # per-block seed without disturbing the caller's RNG state (manual_seed also seeds
+        # CUDA's, so the learner's GPU is forked too).
+        with torch.random.fork_rng(devices=self._rng_devices()):
             torch.manual_seed(seed)
             if not self.teachers:
                 report = self._bootstrap(block, cfg, seed)
@@ -245,6 +246,11 @@ class CCDLearner:
 
     def student(self) -> Embeddings:
         return exported(self.current)
+
+    def _rng_devices(self) -> list[int]:
+        if self.device.type != "cuda":
+            return []
+        return [torch.cuda.current_device() if self.device.index is None else self.device.index]
 
     def teacher_scorer(self) -> SizedScorer:
         """The current teacher ensemble T as a scorer (B,) -> (B, I_T)."""
