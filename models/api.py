@@ -145,8 +145,9 @@ class BlockLearner(Protocol):
 
     def student(self) -> Embeddings:
         """The deployable student after the last learned block: ``users`` (U, d) and ``items``
-        (I, d), float32, detached, U / I = the last block's ``n_users`` / ``n_items`` (the
-        replay's "frozen" baseline keeps block 0's by definition).
+        (I, d), float32, detached, on the CPU whatever the learner's device, U / I = the last
+        block's ``n_users`` / ``n_items`` (the replay's "frozen" baseline keeps block 0's by
+        definition).
 
         Raises:
             RuntimeError: before the first ``learn_block`` (there is nothing to serve).
@@ -156,9 +157,10 @@ class BlockLearner(Protocol):
         """Everything needed to go on: a fresh learner given it by ``load_state_dict`` serves
         the same student and learns the next block exactly as this one would.
 
-        It holds only primitives (None, bool, int, float, str), tensors, and lists, tuples and
-        dicts of them, so that ``torch.load(..., weights_only=True)`` reads it (the trainer's
-        checkpoints do: trainer/checkpoint.py); no dataclasses, numpy arrays or modules.
+        It holds only primitives (None, bool, int, float, str), CPU tensors (a learner on a GPU
+        restores on a CPU machine and back), and lists, tuples and dicts of them, so that
+        ``torch.load(..., weights_only=True)`` reads it (the trainer's checkpoints do:
+        trainer/checkpoint.py); no dataclasses, numpy arrays or modules.
         """
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
