@@ -147,8 +147,9 @@ class Settings(BaseSettings):
     torch_threads: int = Field(0, ge=0, description="torch threads in the trainer (0 = default)")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "cpu",
-        description="Where the trainer's learner runs: cpu, cuda (refused when no GPU is "
-        "available) or auto (cuda when torch sees a GPU, else cpu)",
+        description="Where the trainer's learner trains: cpu, cuda (refused when no GPU is "
+        "available) or auto (cuda when torch sees a GPU, else cpu); random draws and iALS fits "
+        "stay on the CPU, checkpoints hold CPU tensors",
     )
     max_block_events: int = Field(
         200_000,

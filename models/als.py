@@ -15,7 +15,10 @@ from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
 
+import torch
+
 from models.api import BlockData, BlockReport, Embeddings, Interactions
+from models.device import to_device
 from models.members import IALS, IALSParams, exported
 from models.metrics import member_scorer, ranking_metrics, union_pairs
 
@@ -40,14 +43,15 @@ def tune_ials(
     regularizations: Sequence[float] = REGULARIZATION_GRID,
     alphas: Sequence[float] = ALPHA_GRID,
     iterations: int = 15,
+    device: torch.device | str = "cpu",
 ) -> tuple[IALSParams, dict[str, float]]:
-    """The grid point with the best valid Recall@20 on ``block`` (fit on its train split), and
-    every point's score keyed ``"reg=..,alpha=.."``."""
+    """The grid point with the best valid Recall@20 on ``block`` (fit on its train split; scored
+    on ``device``), and every point's score keyed ``"reg=..,alpha=.."``."""
     scores: dict[str, float] = {}
     best: tuple[float, IALSParams] | None = None
     for reg, alpha in itertools.product(regularizations, alphas):
         params = IALSParams(reg, alpha, iterations)
-        member = IALS(block.n_users, block.n_items, dim, seed)
+        member = IALS(block.n_users, block.n_items, dim, seed).to(device)
         member.fit(block.train, block.n_users, block.n_items, params, seed=seed)
         score = valid_recall(member, block)
         scores[f"reg={reg:g},alpha={alpha:g}"] = score
@@ -66,6 +70,12 @@ class ALSLearner:
     ``params=None`` tunes the hyper-parameters on the first block's validation split (or keeps
     ``IALSParams()`` when that split is empty, as in the streaming trainer's tiny blocks).
 
+    ``device`` is where the factors live and are scored (validation, the tuning grid's full
+    rankings). The fit itself stays on the CPU on any device: it is the ``implicit`` library's
+    CPU solver (its GPU solver needs a CUDA build of ``implicit``, not a dependency here), which
+    is most of an ALS block's time; so the history it refits on is kept on the CPU too. Like
+    the other learners, ``state_dict()`` holds CPU tensors and ``student()`` is on the CPU.
+
     >>> from models.api import BlockData, Interactions
     >>> import torch
     >>> pairs = Interactions(torch.tensor([0, 0, 1, 2]), torch.tensor([0, 1, 1, 3]))
@@ -77,27 +87,37 @@ class ALSLearner:
     (4, 2)
     """
 
-    def __init__(self, dim: int = 64, params: IALSParams | None = None, seed: int = 0) -> None:
+    def __init__(
+        self,
+        dim: int = 64,
+        params: IALSParams | None = None,
+        seed: int = 0,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.dim, self.params, self.seed = dim, params, seed
-        self.history = Interactions.empty()  # every distinct train pair so far
-        self.negatives = Interactions.empty()  # every distinct negative pair so far
+        self.device = torch.device(device)
+        self.history = Interactions.empty("cpu")  # every distinct train pair so far
+        self.negatives = Interactions.empty("cpu")  # every distinct negative pair so far
         self.member: IALS | None = None
         self.blocks_seen = 0
 
     def learn_block(self, block: BlockData) -> BlockReport:
         times: dict[str, float] = {}
         info: dict[str, Any] = {}
+        block = block.to("cpu")  # the fit's input; validation moves it to the factors' device
         if self.params is None:
             started = time.perf_counter()
             if len(block.valid):
-                self.params, info["tuning_valid_recall@20"] = tune_ials(block, self.dim, self.seed)
+                self.params, info["tuning_valid_recall@20"] = tune_ials(
+                    block, self.dim, self.seed, device=self.device
+                )
             else:
                 self.params = IALSParams()
             times["tune"] = time.perf_counter() - started
         self.history = union_pairs([self.history, block.train], block.n_items)
         self.negatives = union_pairs([self.negatives, block.negatives], block.n_items)
         started = time.perf_counter()
-        member = IALS(block.n_users, block.n_items, self.dim, self.seed)
+        member = IALS(block.n_users, block.n_items, self.dim, self.seed).to(self.device)
         member.fit(
             self.history,
             block.n_users,
@@ -129,19 +149,19 @@ class ALSLearner:
             "history": self.history.state_dict(),
             "negatives": self.negatives.state_dict(),
             "blocks_seen": self.blocks_seen,
-            "member": None if self.member is None else self.member.state_dict(),
+            "member": None if self.member is None else to_device(self.member.state_dict(), "cpu"),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.dim, self.seed = int(state["dim"]), int(state["seed"])
         self.params = None if state["params"] is None else IALSParams(**state["params"])
-        self.history = Interactions.from_state(state["history"])
+        self.history = Interactions.from_state(state["history"]).to("cpu")
         self.negatives = Interactions.from_state(
-            state.get("negatives") or Interactions.empty().state_dict()
-        )
+            state.get("negatives") or Interactions.empty("cpu").state_dict()
+        ).to("cpu")
         self.blocks_seen = int(state["blocks_seen"])
         self.member = None
         if state["member"] is not None:
-            self.member = IALS(1, 1, self.dim, self.seed)
+            self.member = IALS(1, 1, self.dim, self.seed).to(self.device)
             self.member.load_state_dict(state["member"])
             self.member.eval()

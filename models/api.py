@@ -34,8 +34,21 @@ class Interactions:
         return int(self.users.numel())
 
     @classmethod
-    def empty(cls) -> Interactions:
-        return cls(torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long))
+    def empty(cls, device: torch.device | str | None = None) -> Interactions:
+        """No pairs, on ``device`` (None: torch's default device)."""
+        return cls(
+            torch.empty(0, dtype=torch.long, device=device),
+            torch.empty(0, dtype=torch.long, device=device),
+        )
+
+    @property
+    def device(self) -> torch.device:
+        return self.users.device
+
+    def to(self, device: torch.device | str) -> Interactions:
+        """The same pairs on ``device`` (no copy where they already are)."""
+        weights = None if self.weights is None else self.weights.to(device)
+        return Interactions(self.users.to(device), self.items.to(device), weights)
 
     def weight_values(self) -> torch.Tensor:
         """(n,) float32 weights, ones where none were given.
@@ -44,14 +57,14 @@ class Interactions:
         tensor([1., 1.])
         """
         if self.weights is None:
-            return torch.ones(len(self), dtype=torch.float32)
+            return torch.ones(len(self), dtype=torch.float32, device=self.users.device)
         return self.weights.float()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Cloned tensors only, for checkpoints loaded with ``weights_only``."""
-        state = {"users": self.users.clone(), "items": self.items.clone()}
+        """Cloned CPU tensors only, for checkpoints loaded with ``weights_only``."""
+        state = {"users": self.users.cpu().clone(), "items": self.items.cpu().clone()}
         if self.weights is not None:
-            state["weights"] = self.weights.clone()
+            state["weights"] = self.weights.cpu().clone()
         return state
 
     @classmethod
@@ -77,6 +90,16 @@ class BlockData:
     # Explicit negative feedback (a dislike, an impression without a click), weights = how
     # strongly; learners that can use negatives take them as hard negatives, others ignore them.
     negatives: Interactions = field(default_factory=Interactions.empty)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the block's tensors are (its train split's)."""
+        return self.train.device
+
+    def to(self, device: torch.device | str) -> BlockData:
+        """The same block with every split on ``device``."""
+        parts = (self.train, self.valid, self.test, self.negatives)
+        return BlockData(self.index, self.n_users, self.n_items, *(p.to(device) for p in parts))
 
 
 @dataclass
@@ -122,8 +145,9 @@ class BlockLearner(Protocol):
 
     def student(self) -> Embeddings:
         """The deployable student after the last learned block: ``users`` (U, d) and ``items``
-        (I, d), float32, detached, U / I = the last block's ``n_users`` / ``n_items`` (the
-        replay's "frozen" baseline keeps block 0's by definition).
+        (I, d), float32, detached, on the CPU whatever the learner's device, U / I = the last
+        block's ``n_users`` / ``n_items`` (the replay's "frozen" baseline keeps block 0's by
+        definition).
 
         Raises:
             RuntimeError: before the first ``learn_block`` (there is nothing to serve).
@@ -133,9 +157,10 @@ class BlockLearner(Protocol):
         """Everything needed to go on: a fresh learner given it by ``load_state_dict`` serves
         the same student and learns the next block exactly as this one would.
 
-        It holds only primitives (None, bool, int, float, str), tensors, and lists, tuples and
-        dicts of them, so that ``torch.load(..., weights_only=True)`` reads it (the trainer's
-        checkpoints do: trainer/checkpoint.py); no dataclasses, numpy arrays or modules.
+        It holds only primitives (None, bool, int, float, str), CPU tensors (a learner on a GPU
+        restores on a CPU machine and back), and lists, tuples and dicts of them, so that
+        ``torch.load(..., weights_only=True)`` reads it (the trainer's checkpoints do:
+        trainer/checkpoint.py); no dataclasses, numpy arrays or modules.
         """
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ import torch
 
 from models.api import BlockData, BlockReport, Embeddings
 from models.data import user_item_lists
+from models.device import randperm, to_device
 from models.members import Member, build_member, exported
 from models.metrics import member_scorer, ranking_metrics
 from models.sampling import (
@@ -46,6 +47,9 @@ class FineTuneLearner:
     reduction, uniform negatives excluding the block's positives), Adam with weight decay, a new
     optimiser per block. With a non-empty ``block.valid``, ``fit`` keeps the epoch with the best
     valid Recall@20 (train and test items excluded from the ranking).
+
+    ``device`` is where the member trains (``models.device``): a placement, not part of the
+    config nor of ``state_dict()`` (CPU tensors); ``student()`` is on the CPU.
     """
 
     def __init__(
@@ -63,7 +67,9 @@ class FineTuneLearner:
         eval_every: int = 1,
         patience: int = 3,
         hard_negative_rate: float = 0.5,
+        device: torch.device | str = "cpu",
     ) -> None:
+        self.device = torch.device(device)
         self.config = FineTuneConfig(
             dim,
             kind,
@@ -84,17 +90,20 @@ class FineTuneLearner:
         self.blocks_seen = 0
 
     def continue_from(self, member: Member, blocks_seen: int) -> None:
-        """Fine-tune ``member`` from now on, as if it had been learned from ``blocks_seen``
-        blocks (FT starting from a distilled student)."""
+        """Fine-tune ``member`` (moved to this learner's device) from now on, as if it had been
+        learned from ``blocks_seen`` blocks (FT starting from a distilled student)."""
         if member.kind != self.config.kind:
             raise ValueError(f"a {self.config.kind!r} learner cannot continue a {member.kind!r}")
-        self.member, self.blocks_seen = member, blocks_seen
+        self.member, self.blocks_seen = member.to(self.device), blocks_seen
 
     def learn_block(self, block: BlockData) -> BlockReport:
         started = time.perf_counter()
+        block = block.to(self.device)
         cfg = self.config
         if self.member is None:
-            self.member = build_member(cfg.kind, block.n_users, block.n_items, cfg.dim, cfg.seed)
+            self.member = build_member(
+                cfg.kind, block.n_users, block.n_items, cfg.dim, cfg.seed, self.device
+            )
             epochs = cfg.base_epochs if cfg.base_epochs is not None else cfg.epochs
         else:
             n_users = max(block.n_users, self.member.n_users)
@@ -131,7 +140,7 @@ class FineTuneLearner:
                 negatives = mix_hard_negatives(
                     users, negatives, hard, cfg.hard_negative_rate, generator
                 )
-            order = torch.randperm(n_train, generator=generator)
+            order = randperm(n_train, generator, self.device)
             total = 0.0
             for start in range(0, n_train, cfg.batch_size):
                 batch = order[start : start + cfg.batch_size]
@@ -172,7 +181,7 @@ class FineTuneLearner:
         return {
             "config": asdict(self.config),
             "blocks_seen": self.blocks_seen,
-            "member": None if self.member is None else self.member.state_dict(),
+            "member": None if self.member is None else to_device(self.member.state_dict(), "cpu"),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -181,5 +190,5 @@ class FineTuneLearner:
         self.member = None
         if state["member"] is not None:
             cfg = self.config
-            self.member = build_member(cfg.kind, 1, 1, cfg.dim, cfg.seed)
+            self.member = build_member(cfg.kind, 1, 1, cfg.dim, cfg.seed, self.device)
             self.member.load_state_dict(state["member"])

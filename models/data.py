@@ -97,11 +97,12 @@ def split_block(
     ``with_test=False`` (streaming) the would-be test part joins train and valid is kept
     (filtered the same way). ``weights`` (n,) follow their pairs into each part.
     """
-    users_np, items_np = users.numpy().astype(np.int64), items.numpy().astype(np.int64)
+    users_np = users.cpu().numpy().astype(np.int64)
+    items_np = items.cpu().numpy().astype(np.int64)
     rng = np.random.default_rng(seed)
     order = np.lexsort((rng.random(len(users_np)), users_np))
     users_np, items_np = users_np[order], items_np[order]
-    weights_np = None if weights is None else weights.float().numpy()[order]
+    weights_np = None if weights is None else weights.float().cpu().numpy()[order]
     _, starts, counts = np.unique(users_np, return_index=True, return_counts=True)
     position = np.arange(len(users_np)) - np.repeat(starts, counts)
     n_test = np.repeat(np.maximum(np.floor(test_fraction * counts).astype(np.int64), 1), counts)
@@ -144,7 +145,7 @@ def user_item_lists(inter: Interactions, n_users: int) -> CSR:
     stride = int(items.max()) + 1 if len(inter) else 1
     keys = torch.unique(users * stride + items)  # sorted: by user, then item
     counts = torch.bincount(keys // stride, minlength=n_users)
-    indptr = torch.zeros(n_users + 1, dtype=torch.long)
+    indptr = torch.zeros(n_users + 1, dtype=torch.long, device=keys.device)
     indptr[1:] = torch.cumsum(counts, 0)
     return indptr, keys % stride
 
@@ -160,8 +161,8 @@ def gather_rows(indptr: Tensor, indices: Tensor, users: Tensor) -> tuple[Tensor,
     safe = users.clamp(max=max(n_rows - 1, 0))
     starts = indptr[safe] if n_rows > 0 else torch.zeros_like(users)
     counts = torch.where(inside, indptr[safe + 1] - starts, 0) if n_rows > 0 else starts
-    rows = torch.repeat_interleave(torch.arange(users.numel()), counts)
-    offsets = torch.arange(rows.numel()) - torch.repeat_interleave(
+    rows = torch.repeat_interleave(torch.arange(users.numel(), device=users.device), counts)
+    offsets = torch.arange(rows.numel(), device=users.device) - torch.repeat_interleave(
         torch.cumsum(counts, 0) - counts, counts
     )
     return rows, indices[torch.repeat_interleave(starts, counts) + offsets]
@@ -171,7 +172,7 @@ def dense_rows(indptr: Tensor, indices: Tensor, users: Tensor, n_cols: int) -> T
     """Binary float rows of ``users`` (B,), shape (B, n_cols); columns >= n_cols are dropped."""
     rows, cols = gather_rows(indptr, indices, users)
     keep = cols < n_cols
-    out = torch.zeros(users.numel(), n_cols)
+    out = torch.zeros(users.numel(), n_cols, device=indices.device)
     out[rows[keep], cols[keep]] = 1.0
     return out
 
@@ -184,5 +185,10 @@ def interaction_matrix(inter: Interactions, n_users: int, n_items: int) -> Tenso
     with warnings.catch_warnings():  # "sparse CSR support is in beta"
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(
-            indptr, indices, torch.ones(indices.numel()), (n_users, n_items), check_invariants=False
+            indptr,
+            indices,
+            torch.ones(indices.numel(), device=indices.device),
+            (n_users, n_items),
+            device=indices.device,
+            check_invariants=False,
         )

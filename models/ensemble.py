@@ -25,19 +25,20 @@ def rank_ensemble_scorer(member_scorers: Sequence[Scorer], power: float = 0.05) 
         raise ValueError("an ensemble needs at least one member")
     sized = all(isinstance(s, SizedScorer) for s in member_scorers)
     n_cols = min(s.n_items for s in member_scorers) if sized else None  # type: ignore[union-attr]
-    weight_tables: dict[int, Tensor] = {}
+    weight_tables: dict[tuple[int, torch.device], Tensor] = {}
 
-    def weights(width: int) -> Tensor:
-        if width not in weight_tables:
-            weight_tables[width] = (1.0 / (torch.arange(width).float() + 1.0)).pow(power)
-        return weight_tables[width]
+    def weights(width: int, device: torch.device) -> Tensor:
+        if (width, device) not in weight_tables:
+            ranks = torch.arange(width, device=device).float()
+            weight_tables[width, device] = (1.0 / (ranks + 1.0)).pow(power)
+        return weight_tables[width, device]
 
     def score_block(users: Tensor) -> Tensor:
         total = None
         for scorer in member_scorers:
             order = descending_order(scorer(users))
-            total = torch.zeros(order.shape) if total is None else total
-            total.scatter_add_(1, order, weights(order.shape[1]).expand_as(order))
+            total = torch.zeros(order.shape, device=order.device) if total is None else total
+            total.scatter_add_(1, order, weights(order.shape[1], order.device).expand_as(order))
         return total / len(member_scorers)
 
     def score(users: Tensor) -> Tensor:
@@ -48,5 +49,5 @@ def rank_ensemble_scorer(member_scorers: Sequence[Scorer], power: float = 0.05) 
 
     if sized:
         n_users = min(s.n_users for s in member_scorers)  # type: ignore[union-attr]
-        return SizedScorer(score, n_users, n_cols)
+        return SizedScorer(score, n_users, n_cols, member_scorers[0].device)  # type: ignore[union-attr]
     return score

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from models.api import Interactions
+from models.device import randn
 from models.members.base import Member
 
 InitMode = Literal["two_hop", "one_hop", "random"]
@@ -31,8 +32,9 @@ def _binary_csr(rows: Tensor, cols: Tensor, n_rows: int, n_cols: int) -> Tensor:
     keys = torch.unique(rows.long() * n_cols + cols.long())
     coo = torch.sparse_coo_tensor(
         torch.stack([keys // n_cols, keys % n_cols]),
-        torch.ones(keys.numel()),
+        torch.ones(keys.numel(), device=keys.device),
         (n_rows, n_cols),
+        device=keys.device,
         check_invariants=False,
     )
     return coo.coalesce()
@@ -101,14 +103,16 @@ def _two_hop(
     k = min(k_init, n_old_rows)
     # Popularity = block-k train degree; rank 0 = least popular (stable: ties by id).
     popularity = torch.bincount(idx[0], minlength=n_rows)[:n_old_rows]
-    rank = torch.empty(n_old_rows, dtype=torch.long)
-    rank[torch.argsort(popularity, stable=True)] = torch.arange(n_old_rows)
+    device = idx.device
+    rank = torch.empty(n_old_rows, dtype=torch.long, device=device)
+    rank[torch.argsort(popularity, stable=True)] = torch.arange(n_old_rows, device=device)
     # Old-row side of R, transposed once: (n_cols, n_old_rows).
     old = idx[0] < n_old_rows
     r_old_t = torch.sparse_coo_tensor(
         torch.stack([idx[1, old], idx[0, old]]),
         val[old],
         (r.shape[1], n_old_rows),
+        device=val.device,
         check_invariants=False,
     ).coalesce()
     out = []
@@ -119,6 +123,7 @@ def _two_hop(
             torch.stack([idx[0, sel] - start, idx[1, sel]]),
             val[sel],
             (stop - start, r.shape[1]),
+            device=val.device,
             check_invariants=False,
         )
         with warnings.catch_warnings():  # sparse x sparse goes through beta CSR kernels
@@ -161,10 +166,12 @@ def init_new_entities(
         (n_users - n_users_old, d) user rows and (n_items - n_items_old, d) item rows.
     """
     user_table, item_table = user_table.detach(), item_table.detach()
+    train = train.to(user_table.device)
     dim = user_table.shape[1]
     if mode == "random":
-        new_u = torch.randn(n_users - n_users_old, dim, generator=generator) * 0.01
-        new_i = torch.randn(n_items - n_items_old, dim, generator=generator) * 0.01
+        device = user_table.device  # drawn on the CPU (``models.device``)
+        new_u = randn((n_users - n_users_old, dim), generator, device) * 0.01
+        new_i = randn((n_items - n_items_old, dim), generator, device) * 0.01
         return new_u, new_i
     one_hop = mode == "one_hop"
     users, items = train.users.long(), train.items.long()

@@ -27,8 +27,13 @@ def normalized_adjacency(inter: Interactions, n_users: int, n_items: int) -> tor
     """
     n = n_users + n_items
     if len(inter) == 0:
+        device = inter.device
         empty = torch.sparse_coo_tensor(
-            torch.empty(2, 0, dtype=torch.long), torch.empty(0), (n, n), check_invariants=False
+            torch.empty(2, 0, dtype=torch.long, device=device),
+            torch.empty(0, device=device),
+            (n, n),
+            device=device,
+            check_invariants=False,
         )
         return to_csr(empty)
     keys = torch.unique(inter.users.long() * n_items + inter.items.long())
@@ -40,6 +45,6 @@ def normalized_adjacency(inter: Interactions, n_users: int, n_items: int) -> tor
     inv_sqrt[degree == 0] = 0.0
     values = inv_sqrt[rows] * inv_sqrt[cols]
     coo = torch.sparse_coo_tensor(
-        torch.stack([rows, cols]), values, (n, n), check_invariants=False
+        torch.stack([rows, cols]), values, (n, n), device=values.device, check_invariants=False
     ).coalesce()
     return to_csr(coo)

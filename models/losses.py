@@ -105,7 +105,8 @@ class _KeptScoreLogSumExp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, anchors: Tensor, table: Tensor, keep: Tensor, clamp_max: float) -> Tensor:
         lse, saved = [], []
-        for rows in torch.arange(anchors.shape[0]).split(block_rows(table.shape[0])):
+        rows_all = torch.arange(anchors.shape[0], device=anchors.device)
+        for rows in rows_all.split(block_rows(table.shape[0])):
             weights = anchors[rows] @ table.T
             peak = weights.amax(dim=1, keepdim=True)
             over = None
@@ -282,20 +283,26 @@ class ImitationWeightNet(nn.Module):
     G(z) = softmax_c(z · (mu_c W_c)) over the clusters, s_u = (G(z_old) - G(z_new))^2,
     w_u = Softplus(Linear(d->1)(ReLU(Linear(C->d)(s_u)))), rescaled to mean 1 over the batch.
     W (the cluster-specific transforms) and the MLP weights start N(0, 0.01), as in the code.
+    Built on the CPU (the seeded init is drawn there); ``.to(device)`` moves it.
     """
 
     def __init__(self, n_clusters: int, dim: int, generator: torch.Generator | None = None):
         super().__init__()
+        cpu = torch.device("cpu")
         self.transforms = nn.Parameter(
-            torch.randn(n_clusters, dim, dim, generator=generator) * 0.01
+            torch.randn(n_clusters, dim, dim, generator=generator, device=cpu) * 0.01
         )
         self.state_mlp = nn.Sequential(
-            nn.Linear(n_clusters, dim), nn.ReLU(), nn.Linear(dim, 1), nn.Softplus()
+            nn.Linear(n_clusters, dim, device=cpu),
+            nn.ReLU(),
+            nn.Linear(dim, 1, device=cpu),
+            nn.Softplus(),
         )
         for layer in self.state_mlp:
             if isinstance(layer, nn.Linear):
                 with torch.no_grad():
-                    layer.weight.copy_(torch.randn(layer.weight.shape, generator=generator) * 0.01)
+                    init = torch.randn(layer.weight.shape, generator=generator, device=cpu)
+                    layer.weight.copy_(init * 0.01)
 
     def assignment(self, z: Tensor, centers: Tensor) -> Tensor:
         """G(z): (n, d), centres (C, d) -> (n, C) soft cluster assignment."""

@@ -23,10 +23,14 @@ Scorer = Callable[[Tensor], Tensor]
 
 
 class SizedScorer:
-    """A scorer that knows its table sizes, so evaluation can skip users beyond them."""
+    """A scorer that knows its table sizes, so evaluation can skip users beyond them, and the
+    device its tables are on (where the user ids it is called with should be)."""
 
-    def __init__(self, fn: Scorer, n_users: int, n_items: int) -> None:
+    def __init__(
+        self, fn: Scorer, n_users: int, n_items: int, device: torch.device | str = "cpu"
+    ) -> None:
         self.fn, self.n_users, self.n_items = fn, n_users, n_items
+        self.device = torch.device(device)
 
     def __call__(self, users: Tensor) -> Tensor:
         with torch.no_grad():
@@ -36,20 +40,28 @@ class SizedScorer:
 def embedding_scorer(emb: Embeddings) -> SizedScorer:
     """Dot-product scorer over serving embeddings: users (B,) -> (B, I)."""
     n_users, n_items = int(emb.users.shape[0]), int(emb.items.shape[0])
-    return SizedScorer(lambda users: emb.users[users] @ emb.items.T, n_users, n_items)
+    return SizedScorer(
+        lambda users: emb.users[users] @ emb.items.T, n_users, n_items, emb.users.device
+    )
 
 
 def member_scorer(member: Any) -> SizedScorer:
     """Scorer of a ``models.members.Member`` (its ``full_scores``, without autograd)."""
-    return SizedScorer(member.full_scores, member.n_users, member.n_items)
+    return SizedScorer(member.full_scores, member.n_users, member.n_items, member.device)
+
+
+def scorer_device(scorer: Scorer, default: torch.device | str = "cpu") -> torch.device:
+    """Where ``scorer`` wants its user ids: a ``SizedScorer``'s device, else ``default``."""
+    return torch.device(getattr(scorer, "device", default))
 
 
 def merge_interactions(parts: Sequence[Interactions]) -> Interactions:
     """``parts`` one after the other; weights (ones where a part has none) only if some part
     has them."""
+    device = parts[0].device if parts else None
     parts = [p for p in parts if len(p)]
     if not parts:
-        return Interactions.empty()
+        return Interactions.empty(device)
     weights = None
     if any(p.weights is not None for p in parts):
         weights = torch.cat([p.weight_values() for p in parts])
@@ -67,7 +79,9 @@ def union_pairs(parts: list[Interactions], n_items: int) -> Interactions:
     keys, slot = torch.unique(merged.users * n_items + merged.items, return_inverse=True)
     weights = None
     if merged.weights is not None:
-        weights = torch.zeros(len(keys)).scatter_reduce(0, slot, merged.weights, "amax")
+        weights = torch.zeros(len(keys), device=keys.device).scatter_reduce(
+            0, slot, merged.weights, "amax"
+        )
     return Interactions(keys // n_items, keys % n_items, weights)
 
 
@@ -90,7 +104,7 @@ def _masked_scores(scorer: Scorer, users: Tensor, exclude_csr: CSR | None) -> Te
     if exclude_csr is not None:
         rows, cols = gather_rows(*exclude_csr, users)
         keep = cols < scores.shape[1]
-        scores.index_put_((rows[keep], cols[keep]), torch.tensor(-math.inf))
+        scores.index_put_((rows[keep], cols[keep]), scores.new_full((), -math.inf))
     return scores
 
 
@@ -107,7 +121,7 @@ def topk_items(
     for start in range(0, users.numel(), chunk):
         scores = _masked_scores(scorer, users[start : start + chunk], exclude_csr)
         out.append(torch.topk(scores, min(k, scores.shape[1]), dim=1).indices)
-    return torch.cat(out) if out else torch.empty(0, k, dtype=torch.long)
+    return torch.cat(out) if out else torch.empty(0, k, dtype=torch.long, device=users.device)
 
 
 def ranking_metrics(
@@ -134,6 +148,10 @@ def ranking_metrics(
         {"recall@K", "ndcg@K", "p@K" for each K, "users": number evaluated}; zeros if none.
     """
     ks = sorted(ks)
+    # The ids go where the scorer's tables are (a scorer that does not say: where they are).
+    device = scorer_device(scorer, eval.device)
+    eval, exclude = eval.to(device), [part.to(device) for part in exclude]
+    users = None if users is None else users.to(device)
     n_users = n_users if n_users is not None else getattr(scorer, "n_users", None)
     result = {f"{name}@{k}": 0.0 for k in ks for name in ("recall", "ndcg", "p")}
     result["users"] = 0
@@ -147,7 +165,9 @@ def ranking_metrics(
         candidates = candidates[torch.isin(candidates, users.long())]
     exclude_csr = exclusion_csr(exclude)
     max_k = ks[-1]
-    discounts = 1.0 / torch.log2(torch.arange(2, max_k + 2, dtype=torch.float64))
+    discounts = 1.0 / torch.log2(
+        torch.arange(2, max_k + 2, dtype=torch.float64, device=candidates.device)
+    )
     ideal = torch.cumsum(discounts, 0)
     sums = {key: 0.0 for key in result if key != "users"}
     chunk = _rows_per_chunk(scorer, chunk)

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from models.data import CSR, gather_rows
+from models.device import rand, randperm
 from models.losses import block_rows
 
 Scorer = Callable[[Tensor], Tensor]
@@ -39,9 +40,10 @@ class ReplaySet:
         return int(self.users.numel())
 
     @classmethod
-    def empty(cls) -> ReplaySet:
-        e = torch.empty(0, dtype=torch.long)
-        return cls(e, e.clone(), torch.empty(0))
+    def empty(cls, device: torch.device | str | None = None) -> ReplaySet:
+        """No triples, on ``device`` (None: torch's default device)."""
+        e = torch.empty(0, dtype=torch.long, device=device)
+        return cls(e, e.clone(), torch.empty(0, device=device))
 
 
 def fill_rows_(scores: Tensor, users: Tensor, csr: CSR | None, value: float = FILTERED) -> Tensor:
@@ -74,13 +76,15 @@ def top_items_padded(
     """Each user's top-``k`` items (a negative-exclusion list), shape (n_rows, k), -1 padded.
 
     Users 0..n_scored-1 are scored (after setting ``filters``' items to -1e8, as the code's
-    ``filtering_simple``); rows n_scored..n_rows-1 (users the model does not know) are -1.
+    ``filtering_simple``); rows n_scored..n_rows-1 (users the model does not know) are -1. The
+    lists are on the scorer's device (``metrics.scorer_device``).
     """
-    out = torch.full((n_rows, k), -1, dtype=torch.long)
+    device = getattr(scorer, "device", torch.device("cpu"))
+    out = torch.full((n_rows, k), -1, dtype=torch.long, device=device)
     chunk = capped_chunk(chunk, getattr(scorer, "n_items", None))
     with torch.no_grad():
         for start in range(0, min(n_scored, n_rows), chunk):
-            batch = torch.arange(start, min(start + chunk, n_scored, n_rows))
+            batch = torch.arange(start, min(start + chunk, n_scored, n_rows), device=device)
             scores = scorer(batch).float()
             for csr in filters:
                 fill_rows_(scores, batch, csr)
@@ -96,7 +100,9 @@ def concat_lists(*lists: Tensor | None) -> Tensor | None:
     if not parts:
         return None
     rows = max(x.shape[0] for x in parts)
-    out = torch.full((rows, sum(x.shape[1] for x in parts)), -1, dtype=torch.long)
+    out = torch.full(
+        (rows, sum(x.shape[1] for x in parts)), -1, dtype=torch.long, device=parts[0].device
+    )
     col = 0
     for x in parts:
         out[: x.shape[0], col : col + x.shape[1]] = x
@@ -110,7 +116,8 @@ def descending_order(scores: Tensor) -> Tensor:
     Same result as ``torch.sort(scores, 1, descending=True, stable=True).indices`` for scores
     without NaN, ~5x faster on CPU: each (score, id) pair is packed into one int64 key (the
     float bits mapped to an order-reversing integer, then the id) and the keys are sorted by
-    numpy's vectorised integer sort, in place, no index array carried along.
+    numpy's vectorised integer sort, in place, no index array carried along. Off the CPU it is
+    that stable torch sort.
 
     Args:
         scores: (B, N) scores (+-inf allowed).
@@ -124,7 +131,7 @@ def descending_order(scores: Tensor) -> Tensor:
     """
     n = scores.shape[1]
     shift = max(n - 1, 1).bit_length()
-    if shift > 31:
+    if shift > 31 or scores.device.type != "cpu":
         return torch.sort(scores, dim=1, descending=True, stable=True).indices
     bits = np.add(scores.detach().float().numpy(), np.float32(0.0)).view(np.int32)  # -0 -> 0
     flip = np.right_shift(bits, 31)
@@ -152,7 +159,10 @@ def column_ranks(scores: Tensor, columns: Tensor) -> Tensor:
 
 def ascending_rows(scores: Tensor) -> Tensor:
     """(B, N) each row of float32 ``scores`` sorted ascending (values only): what
-    ``ranks_in_sorted`` searches, computed once when several sources rank against one row."""
+    ``ranks_in_sorted`` searches, computed once when several sources rank against one row.
+    numpy's sort on the CPU (faster there), torch's elsewhere."""
+    if scores.device.type != "cpu":
+        return torch.sort(scores.detach(), dim=1).values
     return torch.from_numpy(np.sort(scores.detach().numpy(), axis=1))
 
 
@@ -165,7 +175,7 @@ def ranks_in_sorted(scores: Tensor, ascending: Tensor, columns: Tensor) -> Tenso
     tied = (not_above - torch.searchsorted(ascending, values) > 1).nonzero()
     if tied.numel():  # ties broken by column id, as a stable sort does
         rows, cols = tied[:, 0], columns[tied[:, 0], tied[:, 1]]
-        before = torch.arange(n).unsqueeze(0) < cols.unsqueeze(1)
+        before = torch.arange(n, device=scores.device).unsqueeze(0) < cols.unsqueeze(1)
         same = scores[rows] == values[tied[:, 0], tied[:, 1]].unsqueeze(1)
         above[tied[:, 0], tied[:, 1]] += (same & before).sum(1)
     return above
@@ -180,7 +190,7 @@ def rank_matrix(scores: Tensor) -> Tensor:
     """
     order = descending_order(scores)
     ranks = torch.empty_like(order)
-    positions = torch.arange(scores.shape[1]).expand_as(order)
+    positions = torch.arange(scores.shape[1], device=order.device).expand_as(order)
     return ranks.scatter_(1, order, positions)
 
 
@@ -202,7 +212,7 @@ def sample_without_replacement(
         where a row ran out of admissible columns.
     """
     n = min(n, log_weights.shape[1])
-    uniform = torch.rand(log_weights.shape, generator=generator).clamp_(min=1e-20)
+    uniform = rand(tuple(log_weights.shape), generator, log_weights.device).clamp_(min=1e-20)
     keys = log_weights - torch.log(-torch.log(uniform))
     values, indices = torch.topk(keys, n, dim=1)
     return indices, torch.isfinite(values)
@@ -232,7 +242,7 @@ def sample_replay(
         the sampled (user, item, sigmoid(X score)) triples.
     """
     if n_samples <= 0 or users.numel() == 0:
-        return ReplaySet.empty()
+        return ReplaySet.empty(users.device)
     candidates = replay_candidates(source, reference, users, n_abs, eps, source_filters, chunk)
     return draw_replay(candidates, n_samples, generator)
 
@@ -314,7 +324,7 @@ def _source_candidates(
         fill_rows_(scores, batch, csr)
     top_scores, candidates = torch.topk(scores, min(n_abs, scores.shape[1]), dim=1)
     ref_rank = ranks_in_sorted(ref_scores, ascending, candidates)  # rank_W among all I_W
-    own_rank = torch.arange(candidates.shape[1]).unsqueeze(0)  # rank_X of the t-th top
+    own_rank = torch.arange(candidates.shape[1], device=candidates.device).unsqueeze(0)
     log_w = eps * (ref_rank - own_rank).double()
     return batch, candidates, torch.sigmoid(top_scores), log_w
 
@@ -324,26 +334,32 @@ def draw_replay(
 ) -> ReplaySet:
     """``n_samples`` items per user drawn from ``candidates`` (without replacement)."""
     if n_samples <= 0:
-        return ReplaySet.empty()
+        return ReplaySet.empty(_chunks_device(candidates))
     parts = []
     for users, items, labels, log_w in candidates.chunks:
         pick, valid = sample_without_replacement(log_w, n_samples, generator)
         rows = users.unsqueeze(1).expand_as(pick)[valid]
         parts.append(ReplaySet(rows, items.gather(1, pick)[valid], labels.gather(1, pick)[valid]))
-    return pool_max(parts)
+    return pool_max(parts, _chunks_device(candidates))
 
 
-def pool_max(sets: Sequence[ReplaySet]) -> ReplaySet:
-    """Union of replay sets; a (user, item) drawn more than once keeps its max label."""
+def _chunks_device(candidates: ReplayCandidates) -> torch.device | None:
+    return candidates.chunks[0][0].device if candidates.chunks else None
+
+
+def pool_max(sets: Sequence[ReplaySet], device: torch.device | None = None) -> ReplaySet:
+    """Union of replay sets; a (user, item) drawn more than once keeps its max label. With no
+    set given, the empty set is on ``device`` (default: torch's default device)."""
+    device = sets[0].users.device if sets else device
     sets = [s for s in sets if len(s)]
     if not sets:
-        return ReplaySet.empty()
+        return ReplaySet.empty(device)
     users = torch.cat([s.users for s in sets])
     items = torch.cat([s.items for s in sets])
     labels = torch.cat([s.labels.float() for s in sets])
     stride = int(items.max()) + 1
     keys, inverse = torch.unique(users * stride + items, return_inverse=True)
-    best = torch.full((keys.numel(),), -torch.inf).scatter_reduce(
+    best = torch.full((keys.numel(),), -torch.inf, device=labels.device).scatter_reduce(
         0, inverse, labels, reduce="amax", include_self=True
     )
     return ReplaySet(keys // stride, keys % stride, best)
@@ -353,7 +369,7 @@ def replay_batches(
     replay: ReplaySet, batch_size: int, generator: torch.Generator | None = None
 ) -> list[ReplaySet]:
     """The replay set shuffled and cut into batches of ``batch_size`` (the last may be short)."""
-    order = torch.randperm(len(replay), generator=generator)
+    order = randperm(len(replay), generator, replay.users.device)
     return [
         ReplaySet(replay.users[idx], replay.items[idx], replay.labels[idx])
         for idx in order.split(batch_size)

@@ -7,19 +7,29 @@ from torch import Tensor
 
 from models.api import BlockData
 from models.data import CSR, user_item_lists
+from models.device import rand, randint
 
 
 def forbidden_keys(n_items: int, positives_csr: CSR | None, exclusion: Tensor | None) -> Tensor:
-    """Sorted unique keys user * n_items + item of every (user, item) a negative must avoid."""
-    parts = [torch.empty(0, dtype=torch.long)]
+    """Sorted unique keys user * n_items + item of every (user, item) a negative must avoid, on
+    the device of ``positives_csr`` (else of ``exclusion``; else the CPU)."""
+    device = (
+        positives_csr[0].device
+        if positives_csr is not None
+        else exclusion.device
+        if exclusion is not None
+        else torch.device("cpu")
+    )
+    parts = [torch.empty(0, dtype=torch.long, device=device)]
     if positives_csr is not None:
         indptr, indices = positives_csr
         counts = indptr[1:] - indptr[:-1]
-        users = torch.repeat_interleave(torch.arange(counts.numel()), counts)
+        users = torch.repeat_interleave(torch.arange(counts.numel(), device=device), counts)
         inside = indices < n_items
         parts.append(users[inside] * n_items + indices[inside])
     if exclusion is not None and exclusion.numel():
-        rows = torch.arange(exclusion.shape[0]).unsqueeze(1).expand_as(exclusion)
+        exclusion = exclusion.to(device)
+        rows = torch.arange(exclusion.shape[0], device=device).unsqueeze(1).expand_as(exclusion)
         valid = (exclusion >= 0) & (exclusion < n_items)
         parts.append(rows[valid] * n_items + exclusion[valid].long())
     return torch.unique(torch.cat(parts))
@@ -54,18 +64,19 @@ def sample_negatives(
             rounds instead of looping forever.
 
     Returns:
-        (n, n_neg) long item ids.
+        (n, n_neg) long item ids, on the device of ``users`` (drawn on the CPU).
     """
     if forbidden is None:
         forbidden = forbidden_keys(n_items, positives_csr, exclusion)
+    device = users.device
     user_keys = users.long().unsqueeze(1) * n_items
-    negatives = torch.randint(0, n_items, (users.numel(), n_neg), generator=generator)
+    negatives = randint(0, n_items, (users.numel(), n_neg), generator, device)
     redo = _is_forbidden(user_keys + negatives, forbidden)
     for _ in range(max_rounds):
         n_redo = int(redo.sum())
         if n_redo == 0:
             break
-        negatives[redo] = torch.randint(0, n_items, (n_redo,), generator=generator)
+        negatives[redo] = randint(0, n_items, (n_redo,), generator, device)
         redo = _is_forbidden(user_keys + negatives, forbidden)
     return negatives
 
@@ -94,11 +105,11 @@ def mix_hard_negatives(
     n_rows = indptr.numel() - 1
     known = users.long().clamp(max=max(n_rows - 1, 0))
     counts = torch.where(users.long() < n_rows, indptr[known + 1] - indptr[known], 0)
-    draw = torch.rand(users.numel(), generator=generator)
+    draw = rand((users.numel(),), generator, users.device)
     chosen = (counts > 0) & (draw < rate)
     if not bool(chosen.any()):
         return negatives
-    pick = torch.rand(users.numel(), generator=generator)
+    pick = rand((users.numel(),), generator, users.device)
     slot = indptr[known] + (pick * counts).long().clamp(max=(counts - 1).clamp(min=0))
     out = negatives.clone()
     column = out[:, 0] if out.dim() == 2 else out

@@ -22,7 +22,6 @@ tests/faults/ tests them.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import logging
 import threading
@@ -95,11 +94,9 @@ def build_learner(settings: Settings) -> tuple[BlockLearner, str]:
         from models.ccd import CCDConfig, CCDLearner
 
         config = CCDConfig.preset("stream", settings.learner_variant, seed=settings.seed)
-        takes_device = "device" in {f.name for f in dataclasses.fields(CCDConfig)}
-        device = _device_for(settings, takes_device, "ccd")
-        if device is not None:
-            config = dataclasses.replace(config, device=device)
-        return CCDLearner(config), "ccd"
+        device = _device_for(settings, _takes_device(CCDLearner), "ccd")
+        extra = {} if device is None else {"device": device}
+        return CCDLearner(config, **extra), "ccd"
     if settings.learner == "als":
         from models.als import ALSLearner
 

@@ -41,6 +41,7 @@ from models.ccd.stage3_teacher import (
     update_member,
 )
 from models.data import user_item_lists
+from models.device import to_device
 from models.members import IALS, Member, build_member, exported
 from models.metrics import SizedScorer, member_scorer, union_pairs
 from models.proxies import update_proxy
@@ -61,11 +62,13 @@ def member_state(member: Member | None) -> dict[str, Any] | None:
         "n_items": member.n_items,
         "n_layers": getattr(member, "n_layers", 0),
         "uniform_noise": getattr(member, "uniform_noise", True),
-        "state": member.state_dict(),
+        "state": to_device(member.state_dict(), "cpu"),
     }
 
 
-def member_from_state(state: dict[str, Any] | None) -> Member | None:
+def member_from_state(
+    state: dict[str, Any] | None, device: torch.device | str = "cpu"
+) -> Member | None:
     if state is None:
         return None
     kwargs: dict[str, Any] = {}
@@ -73,7 +76,9 @@ def member_from_state(state: dict[str, Any] | None) -> Member | None:
         kwargs["n_layers"] = state["n_layers"]
     if state["kind"] == "vae":
         kwargs["uniform_noise"] = state["uniform_noise"]
-    member = build_member(state["kind"], state["n_users"], state["n_items"], state["dim"], **kwargs)
+    member = build_member(
+        state["kind"], state["n_users"], state["n_items"], state["dim"], device=device, **kwargs
+    )
     member.load_state_dict(state["state"])
     member.eval()
     return member
@@ -91,7 +96,7 @@ def block_state(block: BlockData) -> dict[str, Any]:
     }
 
 
-def block_from_state(state: dict[str, Any]) -> BlockData:
+def block_from_state(state: dict[str, Any], device: torch.device | str = "cpu") -> BlockData:
     return BlockData(
         state["index"],
         state["n_users"],
@@ -99,12 +104,14 @@ def block_from_state(state: dict[str, Any]) -> BlockData:
         Interactions.from_state(state["train"]),
         Interactions.from_state(state["valid"]),
         Interactions.from_state(state["test"]),
-        Interactions.from_state(state.get("negatives") or Interactions.empty().state_dict()),
-    )
+        Interactions.from_state(state.get("negatives") or Interactions.empty("cpu").state_dict()),
+    ).to(device)
 
 
 # -- shared by CCD and the distilled baselines --------------------------------------------------
-def build_teachers(cfg: CCDConfig, n_users: int, n_items: int) -> list[Member]:
+def build_teachers(
+    cfg: CCDConfig, n_users: int, n_items: int, device: torch.device | str = "cpu"
+) -> list[Member]:
     members = []
     for kind, seed in zip(cfg.teacher_kinds, cfg.member_seeds, strict=True):
         kwargs: dict[str, Any] = {}
@@ -114,13 +121,14 @@ def build_teachers(cfg: CCDConfig, n_users: int, n_items: int) -> list[Member]:
         if kind == "vae":
             kwargs["uniform_noise"] = cfg.vae_uniform_noise
             size = max(cfg.vae_item_capacity or n_items, n_items)
-        members.append(build_member(kind, n_users, size, cfg.teacher_dim, seed, **kwargs))
+        members.append(build_member(kind, n_users, size, cfg.teacher_dim, seed, device, **kwargs))
     return members
 
 
 def train_base_teachers(cfg: CCDConfig, block: BlockData) -> tuple[list[Member], dict[str, Any]]:
-    """The base teacher members trained on block 0, and their best valid Recall@20."""
-    members = build_teachers(cfg, block.n_users, block.n_items)
+    """The base teacher members trained on block 0 (on the block's device), and their best valid
+    Recall@20."""
+    members = build_teachers(cfg, block.n_users, block.n_items, block.device)
     scores = {}
     for i, member in enumerate(members):
         started = time.perf_counter()
@@ -180,11 +188,19 @@ class CCDLearner:
 
     Besides ``student()`` (the deployed continual student CL_k; D_0 after block 0) it exposes
     ``teacher_scorer()`` (the ensemble T) and ``distilled_student()`` (the latest D).
+
+    ``device`` ("cpu" or e.g. "cuda") is where the members train and every block update runs
+    (``models.device``); it is a placement, not a hyper-parameter: it is not in ``config`` nor
+    in ``state_dict()`` (CPU tensors), and ``load_state_dict`` puts a state on this learner's
+    device, wherever it was written. ``student()`` is on the CPU.
     """
 
-    def __init__(self, config: CCDConfig | None = None, **overrides: Any) -> None:
+    def __init__(
+        self, config: CCDConfig | None = None, device: torch.device | str = "cpu", **overrides: Any
+    ) -> None:
         config = config or CCDConfig()
         self.config = dataclasses.replace(config, **overrides) if overrides else config
+        self.device = torch.device(device)
         self.teachers: list[Member] = []
         self.teacher_window: TeacherWindow | None = None  # what the teachers last trained on
         self.teacher_top: Tensor | None = None  # T's top-K without its train items
@@ -195,23 +211,29 @@ class CCDLearner:
         self.plasticity: Member | None = None
         self.base_is_distilled = False  # the next Stage 2 starts from a fresh D (else from CL)
         self.proxies_blended = False  # the proxies went through at least one EMA update
-        self.prev_train = Interactions.empty()
-        self.history = Interactions.empty()  # every distinct train pair so far
-        self.negatives = Interactions.empty()  # every distinct explicit negative pair so far
+        # Moved to the device with each block (constructing allocates nothing there).
+        self.prev_train = Interactions.empty("cpu")
+        self.history = Interactions.empty("cpu")  # every distinct train pair so far
+        self.negatives = Interactions.empty("cpu")  # every distinct explicit negative pair so far
         self.blocks_seen = 0
         self.teacher_updates = 0
 
     # -- the BlockLearner verbs --------------------------------------------------------------
     def learn_block(self, block: BlockData) -> BlockReport:
+        block = block.to(self.device)
+        self.prev_train = self.prev_train.to(self.device)
+        self.history = self.history.to(self.device)
+        self.negatives = self.negatives.to(self.device)
         cfg = self.config.for_block(self.blocks_seen)
         seed = cfg.seed * 100_003 + self.blocks_seen * 101
         if cfg.keeps_history:
             self.history = union_pairs([self.history, block.train], block.n_items)
         if len(block.negatives) or len(self.negatives):
             self.negatives = union_pairs([self.negatives, block.negatives], block.n_items)
-        # Components drawing from torch's global RNG (Mult-VAE noise) get a per-block seed
-        # without disturbing the caller's RNG state.
-        with torch.random.fork_rng(devices=[]):
+        # Components drawing from torch's global RNG (Mult-VAE noise, drawn on the CPU) get a
+        # per-block seed without disturbing the caller's RNG state (manual_seed also seeds
+        # CUDA's, so the learner's GPU is forked too).
+        with torch.random.fork_rng(devices=self._rng_devices()):
             torch.manual_seed(seed)
             if not self.teachers:
                 report = self._bootstrap(block, cfg, seed)
@@ -225,6 +247,11 @@ class CCDLearner:
     def student(self) -> Embeddings:
         return exported(self.current)
 
+    def _rng_devices(self) -> list[int]:
+        if self.device.type != "cuda":
+            return []
+        return [torch.cuda.current_device() if self.device.index is None else self.device.index]
+
     def teacher_scorer(self) -> SizedScorer:
         """The current teacher ensemble T as a scorer (B,) -> (B, I_T)."""
         if not self.teachers or self.teacher_window is None:
@@ -234,10 +261,9 @@ class CCDLearner:
         )
 
     def distilled_student(self) -> Embeddings:
-        """The latest student distilled from the teacher (D_k), before any continual update."""
-        if self.distilled is None:
-            raise RuntimeError("no block learned yet")
-        return self.distilled.export()
+        """The latest student distilled from the teacher (D_k), before any continual update (on
+        the CPU)."""
+        return exported(self.distilled)
 
     # -- block 0 -----------------------------------------------------------------------------
     def _bootstrap(self, block: BlockData, cfg: CCDConfig, seed: int) -> BlockReport:
@@ -387,7 +413,7 @@ class CCDLearner:
             "current": member_state(self.current),
             "stability": member_state(self.stability),
             "plasticity": member_state(self.plasticity),
-            "teacher_top": self.teacher_top,
+            "teacher_top": None if self.teacher_top is None else self.teacher_top.cpu(),
             "teacher_window": None
             if self.teacher_window is None
             else block_state(self.teacher_window.block),
@@ -404,24 +430,34 @@ class CCDLearner:
         self.teacher_updates = int(counters["teacher_updates"])
         self.base_is_distilled = bool(counters["base_is_distilled"])
         self.proxies_blended = bool(counters["proxies_blended"])
-        self.teachers = [member_from_state(m) for m in state["teachers"]]
-        self.distilled = member_from_state(state["distilled"])
-        self.current = member_from_state(state["current"])
-        self.stability = member_from_state(state["stability"])
+        device = self.device
+        self.teachers = [member_from_state(m, device) for m in state["teachers"]]
+        self.distilled = member_from_state(state["distilled"], device)
+        self.current = member_from_state(state["current"], device)
+        self.stability = member_from_state(state["stability"], device)
         self.plasticity = (
             self.stability
             if counters["plasticity_is_stability"]
-            else member_from_state(state["plasticity"])
+            else member_from_state(state["plasticity"], device)
         )
-        self.teacher_top = state["teacher_top"]
+        top = state["teacher_top"]
+        self.teacher_top = None if top is None else top.to(device)
         window = state["teacher_window"]
-        self.teacher_window = None if window is None else TeacherWindow.of(block_from_state(window))
-        self.pending = [block_from_state(b) for b in state["pending"]]
-        self.prev_train = Interactions.from_state(state["prev_train"])
+        self.teacher_window = (
+            None if window is None else TeacherWindow.of(block_from_state(window, device))
+        )
+        self.pending = [block_from_state(b, device) for b in state["pending"]]
+        self.prev_train = Interactions.from_state(state["prev_train"]).to(device)
         # Checkpoints written before the field ran settings that do not read it.
         history = state.get("history")
-        self.history = Interactions.empty() if history is None else Interactions.from_state(history)
+        self.history = (
+            Interactions.empty(device)
+            if history is None
+            else Interactions.from_state(history).to(device)
+        )
         negatives = state.get("negatives")
         self.negatives = (
-            Interactions.empty() if negatives is None else Interactions.from_state(negatives)
+            Interactions.empty(device)
+            if negatives is None
+            else Interactions.from_state(negatives).to(device)
         )

@@ -30,6 +30,7 @@ from torch import Tensor
 from models.api import BlockData, Interactions
 from models.ccd.config import CCDConfig
 from models.data import CSR, user_item_lists
+from models.device import rand, randperm
 from models.entity_init import grow_member
 from models.losses import (
     bpr_loss,
@@ -75,17 +76,19 @@ def teacher_lists(
 
     With ``nan_quirk`` the train pairs rank FIRST (HEAD sets them to NaN, which ``torch.topk``
     ranks above every number), otherwise they are excluded (DE-RRD). Columns are merged across
-    user chunks with a running top-k, so no U x I matrix is held.
+    user chunks with a running top-k, so no U x I matrix is held. The lists are on the device of
+    ``train_csr``.
     """
+    device = train_csr[0].device
     k_items, k_users = min(k, n_items), min(k, n_users)
-    top_items = torch.empty(n_users, k_items, dtype=torch.long)
+    top_items = torch.empty(n_users, k_items, dtype=torch.long, device=device)
     interesting = top_items if not nan_quirk else torch.empty_like(top_items)
-    col_values = torch.empty(0, n_items)
-    col_users = torch.empty(0, n_items, dtype=torch.long)
+    col_values = torch.empty(0, n_items, device=device)
+    col_users = torch.empty(0, n_items, dtype=torch.long, device=device)
     chunk = capped_chunk(chunk, n_items)
     with torch.no_grad():
         for start in range(0, n_users, chunk):
-            batch = torch.arange(start, min(start + chunk, n_users))
+            batch = torch.arange(start, min(start + chunk, n_users), device=device)
             scores = teacher(batch)[:, :n_items].float()
             filtered = fill_rows_(scores.clone(), batch, train_csr, float("-inf"))
             top_items[batch] = torch.topk(filtered, k_items, dim=1).indices
@@ -113,13 +116,15 @@ def blocked_pairs(
 ) -> tuple[CSR, CSR]:
     """User-side and item-side CSRs of the pairs no uninteresting sample may take: train pairs,
     the negative-exclusion lists, interesting items, and (u, i) with u interesting for i."""
+    device = train.device
     keys = [train.users.long() * n_items + train.items.long()]
-    rows = torch.arange(n_users).unsqueeze(1)
+    rows = torch.arange(n_users, device=device).unsqueeze(1)
     keys.append((rows * n_items + lists.interesting_items).flatten())
-    item_rows = torch.arange(n_items).unsqueeze(1)
+    item_rows = torch.arange(n_items, device=device).unsqueeze(1)
     keys.append((lists.interesting_users * n_items + item_rows).flatten())
     if exclusion is not None and exclusion.numel():
-        ex_rows = torch.arange(exclusion.shape[0]).unsqueeze(1).expand_as(exclusion)
+        exclusion = exclusion.to(device)
+        ex_rows = torch.arange(exclusion.shape[0], device=device).unsqueeze(1).expand_as(exclusion)
         ok = (exclusion >= 0) & (exclusion < n_items) & (ex_rows < n_users)
         keys.append(ex_rows[ok] * n_items + exclusion[ok])
     flat = torch.unique(torch.cat(keys))
@@ -135,7 +140,7 @@ def _free_keys(
     """U[0, 1) keys (len(rows), n_cols), -1 on blocked columns. The top-m keys of a row are a
     uniform draw of m unblocked columns without replacement: the Gumbel-top-k draw of equal
     weights, whose keys -log(-log(u)) are a monotone map of these."""
-    keys = torch.rand(rows.numel(), n_cols, generator=generator)
+    keys = rand((rows.numel(), n_cols), generator, rows.device)  # drawn on the CPU
     return fill_rows_(keys, rows, blocked, -1.0)
 
 
@@ -150,12 +155,14 @@ def sample_uninteresting(
     """``n_samples`` columns per row, uniformly without replacement among the unblocked ones.
 
     Returns:
-        (n_rows, min(n_samples, n_cols)) int32, -1 where a row has fewer unblocked columns.
+        (n_rows, min(n_samples, n_cols)) int32, -1 where a row has fewer unblocked columns, on
+        the device of ``blocked``.
     """
+    device = blocked[0].device
     width = min(n_samples, n_cols)
-    out = torch.full((n_rows, width), -1, dtype=torch.int32)
+    out = torch.full((n_rows, width), -1, dtype=torch.int32, device=device)
     for start in range(0, n_rows, chunk):
-        rows = torch.arange(start, min(start + chunk, n_rows))
+        rows = torch.arange(start, min(start + chunk, n_rows), device=device)
         values, picks = torch.topk(_free_keys(rows, n_cols, blocked, generator), width, dim=1)
         out[rows] = torch.where(values >= 0, picks, -1).to(torch.int32)
     return out
@@ -176,12 +183,13 @@ def sample_uninteresting_mask(
     smaller than int32 lists once more than a quarter of the columns are sampled.
 
     Returns:
-        (n_rows, n_cols) bool, True = sampled.
+        (n_rows, n_cols) bool, True = sampled, on the device of ``blocked``.
     """
+    device = blocked[0].device
     width = min(n_samples, n_cols)
-    out = torch.zeros(n_rows, n_cols, dtype=torch.bool)
+    out = torch.zeros(n_rows, n_cols, dtype=torch.bool, device=device)
     for start in range(0, n_rows, chunk):
-        rows = torch.arange(start, min(start + chunk, n_rows))
+        rows = torch.arange(start, min(start + chunk, n_rows), device=device)
         out[rows] = top_keys_mask(_free_keys(rows, n_cols, blocked, generator), width)
     return out
 
@@ -199,9 +207,15 @@ def top_keys_mask(keys: Tensor, width: int) -> Tensor:
     n_cols = keys.shape[1]
     if width <= 0:
         return torch.zeros_like(keys, dtype=torch.bool)
-    # The width-th largest key per row (blocked columns, -1, sort lowest).
-    kth = np.partition(keys.numpy(), n_cols - width, axis=1)[:, n_cols - width]
-    sampled = (keys >= torch.from_numpy(kth).unsqueeze(1)) & (keys >= 0)
+    # The width-th largest key per row (blocked columns, -1, sort lowest): numpy's partition on
+    # the CPU, torch's k-th value (the same value) elsewhere.
+    if keys.device.type == "cpu":
+        kth = torch.from_numpy(
+            np.partition(keys.numpy(), n_cols - width, axis=1)[:, n_cols - width]
+        )
+    else:
+        kth = torch.kthvalue(keys, n_cols - width + 1, dim=1).values
+    sampled = (keys >= kth.unsqueeze(1)) & (keys >= 0)
     wanted = (keys >= 0).sum(1).clamp(max=width)
     tied = (sampled.sum(1) != wanted).nonzero().squeeze(1)  # equal keys at the cut
     if tied.numel():
@@ -238,9 +252,11 @@ def validation_recall(member: Member, block: BlockData) -> Callable[[], float] |
     return validate
 
 
-def build_student(cfg: CCDConfig, n_users: int, n_items: int, seed: int) -> Member:
+def build_student(
+    cfg: CCDConfig, n_users: int, n_items: int, seed: int, device: torch.device | str = "cpu"
+) -> Member:
     kwargs = {"n_layers": cfg.student_layers} if cfg.student_kind == "lightgcn" else {}
-    return build_member(cfg.student_kind, n_users, n_items, cfg.student_dim, seed, **kwargs)
+    return build_member(cfg.student_kind, n_users, n_items, cfg.student_dim, seed, device, **kwargs)
 
 
 @dataclass
@@ -260,7 +276,8 @@ def distill(
     start: Member | None = None,
 ) -> KDResult:
     """Distil a student (sizes of ``block``) from ``teacher`` on ``block.train``: a fresh one,
-    or ``start`` (a copy, grown to the block's sizes by the entity initialisation).
+    or ``start`` (a copy, grown to the block's sizes by the entity initialisation). A fresh
+    student is built on the block's device (``start`` is where it is).
 
     Args:
         teacher: the ensemble's scorer, covering block.n_users x block.n_items.
@@ -281,7 +298,7 @@ def distill(
             cfg.chunk,
         )
     if start is None:
-        student = build_student(cfg, n_users, n_items, seed)
+        student = build_student(cfg, n_users, n_items, seed, block.device)
     else:
         student = copy.deepcopy(start)
         grow_member(
@@ -342,7 +359,7 @@ def distill(
         clamp = (1e-4, 0.9999) if cfg.kd_bpr_clamp else None
         rrd_per_batch = cfg.kd_user_rrd == "per_batch"
         total = 0.0
-        for batch in torch.randperm(len(users), generator=gen).split(cfg.kd_batch):
+        for batch in randperm(len(users), gen, users.device).split(cfg.kd_batch):
             u, p, n = users[batch], items[batch], negatives[batch]
             user_emb, item_emb = student.embeddings()
             pos = (user_emb[u] * item_emb[p]).sum(-1)
@@ -352,9 +369,9 @@ def distill(
                 loss = loss + user_rrd(u.unique())
             total += step(loss)
         if not rrd_per_batch:  # every user once, in shuffled batches (as IR-RRD's items below)
-            for batch_users in torch.randperm(n_users, generator=gen).split(cfg.kd_batch):
+            for batch_users in randperm(n_users, gen, users.device).split(cfg.kd_batch):
                 total += step(user_rrd(batch_users))
-        for batch_items in torch.randperm(n_items, generator=gen).split(cfg.kd_batch):
+        for batch_items in randperm(n_items, gen, users.device).split(cfg.kd_batch):
             ego_u, ego_i = rrd_tables()
             loss = cfg.kd_ir_weight * rrd_loss(
                 ego_i[batch_items],

@@ -18,6 +18,7 @@ from models.api import BlockData, Interactions
 from models.ccd.config import CCDConfig
 from models.ccd.stage1_distill import validation_recall
 from models.data import CSR, user_item_lists
+from models.device import randperm
 from models.entity_init import grow_member
 from models.losses import annealed_weight, replay_bce_loss
 from models.members import Member
@@ -72,7 +73,7 @@ def bpr_and_replay_epoch(
         negatives = mix_hard_negatives(users, negatives, hard, hard_rate, generator)
     weights = train.weights
     total = 0.0
-    for batch in torch.randperm(len(users), generator=generator).split(batch_size):
+    for batch in randperm(len(users), generator, users.device).split(batch_size):
         w = None if weights is None else weights[batch]
         if extra_loss is None:
             loss = member.bpr_loss(users[batch], items[batch], negatives[batch], weights=w)
@@ -155,7 +156,10 @@ def update_student(
 
     def candidates() -> list[ReplayCandidates]:
         fresh = shared_replay_candidates(
-            [(member_scorer(proxy), torch.arange(proxy.n_users)) for proxy, _ in sources],
+            [
+                (member_scorer(proxy), torch.arange(proxy.n_users, device=proxy.device))
+                for proxy, _ in sources
+            ],
             reference["scorer"],
             cfg.student_replay_abs,
             cfg.replay_eps,
@@ -168,7 +172,8 @@ def update_student(
 
     def draw() -> ReplaySet:
         pools = cached or candidates()
-        return pool_max([draw_replay(c, n, gen) for c, (_, n) in zip(pools, sources, strict=True)])
+        draws = [draw_replay(c, n, gen) for c, (_, n) in zip(pools, sources, strict=True)]
+        return pool_max(draws, student.device)
 
     replay = {"set": draw()}
     forbidden = forbidden_keys(

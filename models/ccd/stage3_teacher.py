@@ -31,6 +31,7 @@ from models.ccd.config import CCDConfig
 from models.ccd.stage1_distill import validation_recall
 from models.ccd.stage2_student import bpr_and_replay_epoch
 from models.data import CSR, dense_rows, gather_rows, user_item_lists
+from models.device import randint, randperm
 from models.ensemble import rank_ensemble_scorer
 from models.entity_init import grow_member
 from models.graph import to_csr
@@ -60,7 +61,10 @@ def sized_member_scorer(member: Member, n_items: int | None = None) -> SizedScor
     with the final catalogue size)."""
     n_items = member.n_items if n_items is None else min(n_items, member.n_items)
     return SizedScorer(
-        lambda users: member.full_scores(users)[:, :n_items], member.n_users, n_items
+        lambda users: member.full_scores(users)[:, :n_items],
+        member.n_users,
+        n_items,
+        member.device,
     )
 
 
@@ -76,9 +80,8 @@ def ensemble_scorer(members: list[Member], n_items: int, power: float = 0.05) ->
 
 # -- windows, old lists and graphs --------------------------------------------------------------
 def unique_ids(*parts: Interactions, side: str = "users") -> Tensor:
-    return torch.unique(
-        torch.cat([getattr(p, side).long() for p in parts] + [torch.empty(0, dtype=torch.long)])
-    )
+    empty = torch.empty(0, dtype=torch.long, device=parts[0].device)
+    return torch.unique(torch.cat([getattr(p, side).long() for p in parts] + [empty]))
 
 
 @dataclass
@@ -104,8 +107,8 @@ class TeacherWindow:
 
 def positions(ids: Tensor, size: int) -> Tensor:
     """Lookup (size,) from an id to its position in the sorted ``ids``, -1 for absent ids."""
-    lookup = torch.full((size,), -1, dtype=torch.long)
-    lookup[ids] = torch.arange(ids.numel())
+    lookup = torch.full((size,), -1, dtype=torch.long, device=ids.device)
+    lookup[ids] = torch.arange(ids.numel(), device=ids.device)
     return lookup
 
 
@@ -128,27 +131,29 @@ def similarity_graph(
         CSR (indptr, indices) over the same rows.
     """
     indptr, indices = csr
+    device = indptr.device
     n_rows = indptr.numel() - 1
     counts = (indptr[1:] - indptr[:-1]).float()
     inv_norm = counts.clamp(min=1).rsqrt()
-    row_of = torch.repeat_interleave(torch.arange(n_rows), indptr[1:] - indptr[:-1])
+    row_of = torch.repeat_interleave(torch.arange(n_rows, device=device), indptr[1:] - indptr[:-1])
     normed = to_csr(
         torch.sparse_coo_tensor(
             torch.stack([row_of, indices]),
             inv_norm[row_of],
             (n_rows, n_cols),
+            device=device,
             check_invariants=False,
         ).coalesce()
     )  # CSR x dense is ~4x faster than COO x dense on CPU
     kept: list[tuple[Tensor, Tensor, Tensor]] = []
-    for rows in torch.arange(n_rows).split(capped_chunk(chunk, max(n_cols, n_rows))):
+    for rows in torch.arange(n_rows, device=device).split(capped_chunk(chunk, max(n_cols, n_rows))):
         block = dense_rows(indptr, indices, rows, n_cols) * inv_norm[rows].unsqueeze(1)
         sims = torch.sparse.mm(normed, block.T).T  # (chunk, n_rows) cosine similarities
-        sims[torch.arange(rows.numel()), rows] = 0.0
+        sims[torch.arange(rows.numel(), device=device), rows] = 0.0
         r, c = (sims > bounds[0]).nonzero(as_tuple=True)
         kept.append((rows[r], c, sims[r, c]))
     if not kept:
-        return user_item_lists(Interactions.empty(), n_rows)
+        return user_item_lists(Interactions.empty(device), n_rows)
     src, dst, sim = (torch.cat(x) for x in zip(*kept, strict=True))
     ordered = torch.sort(sim).values
     lo, hi = bounds
@@ -248,7 +253,9 @@ class ContinualLoss(nn.Module):
             self._rows(layers[i][1], self.old.items, quirk) for i in range(self.n_layers)
         ]
         self.present_items = ctx.window.present_items
-        self.piw = ImitationWeightNet(cfg.n_clusters, member.dim, gen) if cfg.piw else None
+        self.piw = None
+        if cfg.piw:  # initialised on the CPU (its generator's), then put beside the member
+            self.piw = ImitationWeightNet(cfg.n_clusters, member.dim, gen).to(member.device)
         self._gen = gen
         self.centers = nn.ParameterList()
 
@@ -266,7 +273,7 @@ class ContinualLoss(nn.Module):
                 pool = self.before_items[layer]
             else:
                 pool = self._member[0].item_table.weight.detach()[self.present_items]
-            pick = _random_rows(pool.shape[0], n, self._gen)
+            pick = _random_rows(pool.shape[0], n, self._gen, pool.device)
             self.centers.append(nn.Parameter(pool[pick].clone()))
 
     def forward(
@@ -305,10 +312,10 @@ class ContinualLoss(nn.Module):
         return total * users.numel() if cfg.lwc_scale == "batch" else total
 
 
-def _random_rows(n_pool: int, n: int, gen: torch.Generator) -> Tensor:
+def _random_rows(n_pool: int, n: int, gen: torch.Generator, device: torch.device) -> Tensor:
     if n_pool >= n:
-        return torch.randperm(n_pool, generator=gen)[:n]
-    return torch.randint(0, max(n_pool, 1), (n,), generator=gen)
+        return randperm(n_pool, gen, device)[:n]
+    return randint(0, max(n_pool, 1), (n,), gen, device)
 
 
 # -- one member's update ------------------------------------------------------------------------
@@ -321,7 +328,7 @@ def draw_teacher_replay(
         sample_replay(
             src.scorer,
             reference,
-            torch.arange(src.scorer.n_users),
+            torch.arange(src.scorer.n_users, device=src.scorer.device),
             src.n_samples,
             cfg.teacher_replay_abs,
             cfg.replay_eps,
@@ -332,7 +339,7 @@ def draw_teacher_replay(
         for src in ctx.sources
         if src.n_samples > 0
     ]
-    return pool_max(parts)
+    return pool_max(parts, member.device)
 
 
 def update_member(
@@ -485,7 +492,7 @@ def _common_pairs(ctx: TeacherContext) -> Interactions:
     """Previous-window train pairs whose user or item is also present now (the code's
     ``get_info_for_VAE_Teacher``), de-duplicated."""
     if ctx.prev is None or len(ctx.prev.block.train) == 0:
-        return Interactions.empty()
+        return Interactions.empty(ctx.window.users.device)
     train = ctx.prev.block.train
     users, items = train.users.long(), train.items.long()
     keep = torch.isin(users, ctx.window.users) | torch.isin(items, ctx.window.present_items)
@@ -498,7 +505,7 @@ def _weighted_rows(
     train_csr: CSR, replay: ReplaySet, users: Tensor, n_items: int, value: float
 ) -> Tensor:
     """Input rows (B, I): 1 on train items, max(R, value) on replay items (pseudo-labels)."""
-    x = torch.zeros(users.numel(), n_items)
+    x = torch.zeros(users.numel(), n_items, device=users.device)
     lookup = positions(users, int(users.max()) + 1)
     if len(replay):
         inside = replay.users < lookup.numel()
@@ -514,8 +521,9 @@ def _update_vae(
     vae: MultVAE, ctx: TeacherContext, cfg: CCDConfig, gen: torch.Generator, continual: bool
 ) -> FitResult:
     window = ctx.window.block
-    common = _common_pairs(ctx) if continual else Interactions.empty()
-    before = torch.empty(0)
+    device = vae.device
+    common = _common_pairs(ctx) if continual else Interactions.empty(device)
+    before = torch.empty(0, device=device)
     if len(common):
         with torch.no_grad():  # the before outputs: old model, old input rows
             vae.eval()
@@ -534,7 +542,7 @@ def _update_vae(
             replay["set"] = draw_teacher_replay(vae, ctx, cfg, gen)
         vae.train()
         total = 0.0
-        for users in torch.randperm(n_users, generator=gen).split(cfg.teacher_batch):
+        for users in randperm(n_users, gen, device).split(cfg.teacher_batch):
             x = _weighted_rows(train_csr, replay["set"], users, vae.n_items, cfg.vae_replay_value)
             logits, mean, logstd = vae.forward_rows(x)
             vae.anneal_step += 1
@@ -566,7 +574,7 @@ def _update_vae(
 
 def _log_probs_at(vae: MultVAE, pairs: Interactions, chunk: int) -> Tensor:
     """log softmax(vae(u))[i] for each pair, computed per chunk of users. (nnz,)"""
-    out = torch.empty(len(pairs))
+    out = torch.empty(len(pairs), device=pairs.device)
     users = pairs.users.long()
     for batch in torch.unique(users).split(chunk):
         log_p = F.log_softmax(vae.full_scores(batch), -1)
@@ -628,7 +636,7 @@ def train_base_member(member: Member, block: BlockData, cfg: CCDConfig, seed: in
         if isinstance(member, MultVAE):
             return sum(
                 step(member.vae_loss(batch))
-                for batch in torch.randperm(member.n_users, generator=gen).split(cfg.base_batch)
+                for batch in randperm(member.n_users, gen, users.device).split(cfg.base_batch)
             )
         negatives = sample_negatives(
             users, member.n_items, None, None, cfg.base_n_neg, gen, forbidden=forbidden
@@ -645,7 +653,7 @@ def train_base_member(member: Member, block: BlockData, cfg: CCDConfig, seed: in
                     weights=None if weights is None else weights[b],
                 )
             )
-            for b in torch.randperm(len(users), generator=gen).split(cfg.base_batch)
+            for b in randperm(len(users), gen, users.device).split(cfg.base_batch)
         )
 
     result = fit(

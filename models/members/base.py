@@ -21,8 +21,9 @@ INIT_STD = 0.01
 
 
 def normal_rows(n: int, dim: int, generator: torch.Generator | None = None) -> Tensor:
-    """N(0, INIT_STD) rows, shape (n, dim): the init of every embedding row in the code."""
-    return torch.randn(n, dim, generator=generator) * INIT_STD
+    """N(0, INIT_STD) rows, shape (n, dim), drawn on the CPU (``models.device``): the init of
+    every embedding row in the code."""
+    return torch.randn(n, dim, generator=generator, device="cpu") * INIT_STD
 
 
 def grown_table(
@@ -39,13 +40,14 @@ def grown_table(
         raise ValueError(
             f"init rows must have shape {(n_new, old.shape[1])}, got {tuple(init.shape)}"
         )
-    weight = torch.cat([old, init.detach().to(old.dtype)])
+    weight = torch.cat([old, init.detach().to(old.device, old.dtype)])
     return nn.Embedding.from_pretrained(weight, freeze=False)
 
 
 def exported(member: Member | None) -> Embeddings:
-    """``member``'s serving embeddings: what a learner's ``student()`` returns; RuntimeError
-    while no block was learned (``member`` is None)."""
+    """``member``'s serving embeddings (CPU tensors, whatever the member's device): what a
+    learner's ``student()`` returns; RuntimeError while no block was learned (``member`` is
+    None)."""
     if member is None:
         raise RuntimeError("no block learned yet")
     return member.export()
@@ -57,6 +59,10 @@ class Member(nn.Module):
     Attributes:
         user_table: ego (layer-0) user embeddings, (U, d), N(0, 0.01) init.
         item_table: ego item embeddings, (I, d).
+
+    A member is built on the CPU (its seeded init is drawn there) and moved with ``.to(device)``
+    (``build_member(..., device=...)``); ``device`` is where its parameters are. Interactions
+    given to ``set_graph`` may be on any device: the graph is built on the member's.
     """
 
     kind: str = "member"
@@ -73,6 +79,17 @@ class Member(nn.Module):
         )
         self._structure_version = 0
         self._cache: tuple[tuple, tuple[Tensor, Tensor]] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the member's parameters are."""
+        return next(self.parameters()).device
+
+    def _apply(self, fn, recurse: bool = True):
+        # .to(device) and the like: derived tensors (graph, cached embeddings) are rebuilt.
+        out = super()._apply(fn, recurse)
+        self._invalidate()
+        return out
 
     # -- structure ---------------------------------------------------------------------------
     def set_graph(self, train: Interactions) -> None:
@@ -185,10 +202,12 @@ class Member(nn.Module):
         self._invalidate()
 
     def export(self) -> Embeddings:
-        """Detached float32 final embeddings (the serving form)."""
+        """Detached float32 final embeddings on the CPU (the serving form)."""
         with torch.no_grad():
             users, items = self.embeddings()
-        return Embeddings(users.detach().float().clone(), items.detach().float().clone())
+        return Embeddings(
+            users.detach().float().cpu().clone(), items.detach().float().cpu().clone()
+        )
 
     # -- checkpointing -----------------------------------------------------------------------
     _DERIVED = ("_cache", "_adjacency", "_rows")  # rebuilt lazily; sparse CSR cannot be copied
@@ -202,11 +221,15 @@ class Member(nn.Module):
         return state
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
-        """Like nn.Module's, but first resizes the tables to the checkpoint's shapes."""
+        """Like nn.Module's, but first resizes the tables to the checkpoint's shapes. Tensors
+        are copied onto the member's device, wherever the state's are."""
         for name in ("user_table", "item_table"):
             key = f"{name}.weight"
-            if key in state_dict and getattr(self, name).weight.shape != state_dict[key].shape:
-                setattr(self, name, nn.Embedding(*state_dict[key].shape))
+            if key not in state_dict:
+                continue
+            device = getattr(self, name).weight.device
+            if getattr(self, name).weight.shape != state_dict[key].shape:
+                setattr(self, name, nn.Embedding(*state_dict[key].shape, device=device))
         if "user_table.weight" in state_dict:
             self.n_users = state_dict["user_table.weight"].shape[0]
             self.n_items = state_dict["item_table.weight"].shape[0]

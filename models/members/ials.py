@@ -51,13 +51,13 @@ def confidence_matrix(
     """
     if weights is None and inter.weights is not None:
         weights = inter.weights
-    users = inter.users.long().numpy()
-    items = inter.items.long().numpy()
-    values = np.ones(len(users), np.float32) if weights is None else weights.float().numpy()
+    users = inter.users.long().cpu().numpy()
+    items = inter.items.long().cpu().numpy()
+    values = np.ones(len(users), np.float32) if weights is None else weights.float().cpu().numpy()
     if negatives is not None and len(negatives):
-        users = np.concatenate([users, negatives.users.long().numpy()])
-        items = np.concatenate([items, negatives.items.long().numpy()])
-        values = np.concatenate([values, -negatives.weight_values().abs().numpy()])
+        users = np.concatenate([users, negatives.users.long().cpu().numpy()])
+        items = np.concatenate([items, negatives.items.long().cpu().numpy()])
+        values = np.concatenate([values, -negatives.weight_values().abs().cpu().numpy()])
     keys = users * n_items + items
     order = np.lexsort((-values, keys))  # per key, the largest weight first
     keys, values = keys[order], values[order]
@@ -75,7 +75,10 @@ class IALS(Member):
     """Matrix factorisation whose factors come from ``fit`` (closed-form ALS), not from SGD.
 
     The tables are ordinary ``nn.Embedding`` weights, so BPR fine-tuning (the ``teacher_ft``
-    baseline) also works on an iALS member.
+    baseline) also works on an iALS member. The fit runs on the CPU whatever the member's
+    device (the ``implicit`` library's CPU solver: its GPU solver needs a CUDA build of the
+    library, which this project does not ship); the new factors are then put on the member's
+    device, where scoring, ensembling and distillation use them.
     """
 
     kind = "ials"
@@ -118,14 +121,15 @@ class IALS(Member):
             if warm_start:
                 if (self.n_users, self.n_items) != (n_users, n_items):
                     raise ValueError("warm_start needs tables already grown to the target sizes")
-                model.user_factors = self.user_table.weight.detach().numpy().copy()
-                model.item_factors = self.item_table.weight.detach().numpy().copy()
+                model.user_factors = self.user_table.weight.detach().cpu().numpy().copy()
+                model.item_factors = self.item_table.weight.detach().cpu().numpy().copy()
             model.fit(matrix, show_progress=False)
         self._set_factors(model.user_factors, model.item_factors)
 
     def _set_factors(self, users: np.ndarray, items: np.ndarray) -> None:
-        self.user_table = nn.Embedding.from_pretrained(as_table(users), freeze=False)
-        self.item_table = nn.Embedding.from_pretrained(as_table(items), freeze=False)
+        device = self.device
+        self.user_table = nn.Embedding.from_pretrained(as_table(users).to(device), freeze=False)
+        self.item_table = nn.Embedding.from_pretrained(as_table(items).to(device), freeze=False)
         self.n_users, self.n_items = (
             self.user_table.weight.shape[0],
             self.item_table.weight.shape[0],

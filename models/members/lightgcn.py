@@ -24,7 +24,7 @@ def bipartite_halves(inter: Interactions, n_users: int, n_items: int) -> tuple[T
 
     def csr(rows: Tensor, cols: Tensor, shape: tuple[int, int]) -> Tensor:
         coo = torch.sparse_coo_tensor(
-            torch.stack([rows, cols]), values, shape, check_invariants=False
+            torch.stack([rows, cols]), values, shape, device=values.device, check_invariants=False
         )
         return to_csr(coo.coalesce())
 
@@ -80,9 +80,10 @@ class LightGCN(Member):
         self._adjacency = None  # rebuilt lazily: sizes may change after set_graph (grow)
 
     def halves(self) -> tuple[Tensor, Tensor]:
-        """(B (U, I), B^T (I, U)) of the graph interactions at the current sizes."""
+        """(B (U, I), B^T (I, U)) of the graph interactions at the current sizes, on the
+        member's device."""
         if self._adjacency is None:
-            g = self.graph_train
+            g = self.graph_train.to(self.device)
             if len(g) and (
                 int(g.users.max()) >= self.n_users or int(g.items.max()) >= self.n_items
             ):

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from models.api import Interactions
 from models.data import dense_rows, user_item_lists
+from models.device import rand, randn
 from models.members.base import Member
 
 
@@ -48,14 +49,15 @@ class MultVAE(Member):
         self._cache = None
         self.uniform_noise, self.eval_noise = uniform_noise, eval_noise
         self.total_anneal_steps, self.max_anneal = total_anneal_steps, max_anneal
-        self.encoder = nn.Linear(n_items, dim)
-        self.w_mean = nn.Linear(dim, dim)
-        self.w_logstd = nn.Linear(dim, dim)
-        self.decoder = nn.Linear(dim, n_items)
+        # Built on the CPU (the seeded init is drawn there); build_member moves the member.
+        self.encoder = nn.Linear(n_items, dim, device="cpu")
+        self.w_mean = nn.Linear(dim, dim, device="cpu")
+        self.w_logstd = nn.Linear(dim, dim, device="cpu")
+        self.decoder = nn.Linear(dim, n_items, device="cpu")
         for layer in (self.encoder, self.w_mean, self.w_logstd, self.decoder):
             nn.init.xavier_normal_(layer.weight, generator=self.generator)
             nn.init.normal_(layer.bias, generator=self.generator)
-        self.register_buffer("anneal_step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("anneal_step", torch.zeros((), dtype=torch.long, device="cpu"))
         self.graph_train = Interactions.empty()
         self._rows: tuple[Tensor, Tensor] | None = None
 
@@ -77,7 +79,7 @@ class MultVAE(Member):
             n_rows = max(
                 self.n_users, int(self.graph_train.users.max()) + 1 if len(self.graph_train) else 0
             )
-            self._rows = user_item_lists(self.graph_train, n_rows)
+            self._rows = user_item_lists(self.graph_train.to(self.device), n_rows)
         indptr, indices = self._rows
         return F.normalize(dense_rows(indptr, indices, users, self.n_items), dim=-1)
 
@@ -107,7 +109,9 @@ class MultVAE(Member):
     def _latent(self, mean: Tensor, logstd: Tensor, sample: bool) -> Tensor:
         if not sample:
             return mean
-        noise = torch.rand_like(logstd) if self.uniform_noise else torch.randn_like(logstd)
+        # Drawn from torch's global CPU generator (the learner seeds it per block), then moved.
+        draw = rand if self.uniform_noise else randn
+        noise = draw(tuple(logstd.shape), None, logstd.device, logstd.dtype)
         return mean + noise * torch.exp(logstd)
 
     def full_scores(self, users: Tensor) -> Tensor:
@@ -148,8 +152,9 @@ class MultVAE(Member):
     # -- dot-product view --------------------------------------------------------------------
     def layer_embeddings(self) -> list[tuple[Tensor, Tensor]]:
         """[(users (U, d+1), items (I, d+1))]: [z_mean, 1] · [W_dec_i, b_i] = mean-latent logit."""
-        _, mean, _ = self.encode(torch.arange(self.n_users))
-        users = torch.cat([mean, torch.ones(self.n_users, 1)], dim=1)
+        device = self.device
+        _, mean, _ = self.encode(torch.arange(self.n_users, device=device))
+        users = torch.cat([mean, torch.ones(self.n_users, 1, device=device)], dim=1)
         items = torch.cat([self.decoder.weight, self.decoder.bias.unsqueeze(1)], dim=1)
         return [(users, items)]
 

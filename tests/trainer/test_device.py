@@ -1,5 +1,6 @@
 """trainer/device.py and its plumbing: CCD_DEVICE resolved, cuda refused without a GPU (one line,
-exit 2 from `ccd train`), auto settling for the CPU; nothing here needs a GPU."""
+exit 2 from `ccd train`), every learner built on the device it resolves to (ccd, bpr, als take
+one); nothing here needs a GPU (tests/models/test_device.py checks the learners' device use)."""
 
 from __future__ import annotations
 
@@ -31,29 +32,43 @@ def test_cuda_without_a_gpu_is_refused_naming_the_variable() -> None:
 
 
 def test_a_learner_without_a_device_argument_cannot_be_sent_to_cuda() -> None:
-    assert learner_device("cpu", accepts_device=False, learner="bpr") is None
-    with pytest.raises(DeviceUnavailable, match="learner 'bpr' cannot run on cuda"):
-        learner_device("cuda", accepts_device=False, learner="bpr")
+    assert learner_device("cpu", accepts_device=False, learner="other") is None
+    with pytest.raises(DeviceUnavailable, match="learner 'other' cannot run on cuda"):
+        learner_device("cuda", accepts_device=False, learner="other")
+    assert learner_device("cuda", accepts_device=True, learner="bpr") == "cuda"
+
+
+@pytest.mark.parametrize("learner", ["ccd", "bpr", "als"])
+def test_every_trainer_learner_takes_a_device(learner: str) -> None:
+    built, name = build_learner(Settings(learner=learner, device="cpu"))
+    assert name == learner
+    assert built.device == torch.device("cpu")
 
 
 def test_the_default_is_cpu() -> None:
     assert Settings().device == "cpu"
 
 
-def test_build_learner_refuses_cuda_without_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("learner", ["ccd", "bpr", "als"])
+def test_build_learner_refuses_cuda_without_a_gpu(
+    monkeypatch: pytest.MonkeyPatch, learner: str
+) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(DeviceUnavailable, match="CCD_DEVICE=cuda"):
-        build_learner(Settings(learner="bpr", device="cuda"))
-    _, name = build_learner(Settings(learner="bpr", device="auto"))
-    assert name == "bpr"
+        build_learner(Settings(learner=learner, device="cuda"))
+    built, name = build_learner(Settings(learner=learner, device="auto"))
+    assert name == learner
+    assert built.device == torch.device("cpu")
 
 
-def test_auto_on_a_gpu_machine_keeps_a_cpu_only_learner_on_the_cpu(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("learner", ["ccd", "bpr", "als"])
+def test_auto_on_a_gpu_machine_builds_the_learner_on_cuda(
+    monkeypatch: pytest.MonkeyPatch, learner: str
 ) -> None:
+    """Building allocates nothing on the device, so this runs without a GPU."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    learner, _ = build_learner(Settings(learner="bpr", device="auto"))
-    assert learner is not None
+    built, _ = build_learner(Settings(learner=learner, device="auto"))
+    assert built.device == torch.device("cuda")
 
 
 def test_ccd_train_with_cuda_and_no_gpu_exits_2_with_one_line(tmp_path: Path) -> None:
