@@ -112,8 +112,7 @@ class CCDConfig:
     kd_ir_weight: float = setting(0.01, "weight of the item-side relaxed ranking loss (IR-RRD)")
     kd_user_rrd: Literal["per_batch", "per_epoch"] = setting(
         "per_batch",
-        "user-side RRD on each BPR batch's users (the code: ~1 step per train pair) or one pass "
-        "over all users per epoch, like IR-RRD (Gowalla: ~20x fewer RRD rows)",
+        "user-side RRD: each BPR batch's users (the code) or one pass over all users per epoch",
     )
     kd_interesting: int = setting(
         40, "interesting items per user (and users per item): the teacher's top"
