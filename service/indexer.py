@@ -11,7 +11,8 @@ with no commit) starts at the partition's beginning: the one-time backfill of an
 afterwards a restart resumes at the committed offsets. Offsets are never reset silently
 (``auto_offset_reset="none"``): if retention deleted records the indexer had not read yet, it
 logs an ERROR naming the partition and the lost offsets (those pairs are missing from the sets;
-re-produce them to restore them) and goes on from the oldest record left.
+re-produce them to restore them) and goes on from the oldest record left (``service.log_gaps``,
+shared with the server's seen-items tailer).
 
 Why a process of its own rather than the trainer's side:
 
@@ -39,6 +40,7 @@ import time
 from typing import Any
 
 from contracts.settings import Settings
+from service.log_gaps import seek_to_start
 from service.seen import parse_pair
 from service.seen_store import RedisSeenIndex
 
@@ -78,6 +80,7 @@ class SeenIndexer:
         self.events = 0  # readable events written
         self.new_pairs = 0  # of which pairs Redis did not hold yet
         self.malformed = 0
+        self.records_lost = 0  # deleted by retention before they were read (service.log_gaps)
         self._unreachable = False
 
     def step(self, stop: threading.Event, timeout_s: float = POLL_TIMEOUT_S) -> int:
@@ -122,33 +125,16 @@ class SeenIndexer:
         return batches
 
     def _seek_to_start(self, partitions: list[Any], lost_from: dict[Any, int]) -> None:
-        """Each partition to its oldest record; an ERROR for the offsets retention deleted
-        before they were indexed (``lost_from``: partition -> the position that is gone)."""
-        starts = self._consumer.beginning_offsets(partitions)
-        for partition in partitions:
-            start = starts[partition]
-            where = f"{partition.topic}/{partition.partition}"
-            if partition in lost_from and lost_from[partition] < start:
-                log.error(
-                    "records %d..%d of %s were deleted by retention before the indexer read "
-                    "them: their pairs are missing from the seen sets (re-produce them to add "
-                    "them); going on from offset %d",
-                    lost_from[partition],
-                    start - 1,
-                    where,
-                    start,
-                )
-            elif partition in lost_from:
-                log.error(
-                    "the indexer's position %d in %s is past its end (the topic was re-created): "
-                    "indexing it again from offset %d (idempotent)",
-                    lost_from[partition],
-                    where,
-                    start,
-                )
-            else:
-                log.info("%s has no committed position: indexing it from offset %d", where, start)
-            self._consumer.seek(partition, start)
+        """Each partition to its oldest record, the offsets retention deleted before they were
+        indexed named in an ERROR (``service.log_gaps``)."""
+        self.records_lost += seek_to_start(
+            self._consumer,
+            partitions,
+            lost_from,
+            "indexer",
+            "their pairs are missing from the seen sets (re-produce them to add them)",
+            log,
+        )
 
     def _write(self, pairs: list[tuple[str, str]], stop: threading.Event) -> bool:
         backoff = 0.1
@@ -177,10 +163,12 @@ class SeenIndexer:
             if time.monotonic() - reported >= REPORT_EVERY_S:
                 reported = time.monotonic()
                 log.info(
-                    "indexed %d events (%d new pairs, %d unreadable skipped)",
+                    "indexed %d events (%d new pairs, %d unreadable skipped, %d deleted by "
+                    "retention before they were read)",
                     self.events,
                     self.new_pairs,
                     self.malformed,
+                    self.records_lost,
                 )
 
 

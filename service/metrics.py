@@ -74,6 +74,12 @@ class ServiceMetrics:
         self.seen_malformed = Counter(
             "ccd_seen_malformed", "Unreadable messages skipped by the seen-items tailer", registry=r
         )
+        self.seen_records_lost = Counter(
+            "ccd_seen_records_lost",
+            "Event-log records retention deleted before the seen-items tailer read them (their "
+            "pairs are missing from this server's seen-items index; service.log_gaps)",
+            registry=r,
+        )
         self.seen_users = Gauge("ccd_seen_users", "Users in the seen-items index", registry=r)
         self.seen_pairs = Gauge(
             "ccd_seen_pairs", "Distinct (user, item) pairs in the seen-items index", registry=r

@@ -31,6 +31,7 @@ from typing import Protocol
 import orjson
 
 from contracts.settings import Settings
+from service.log_gaps import seek_to_start
 from service.metrics import ServiceMetrics
 from service.seen_store import RedisSeenIndex
 
@@ -109,7 +110,10 @@ class SeenItems:
 
 
 class EventSource(Protocol):
-    """A private, non-committing reader of the event log from its beginning."""
+    """A private, non-committing reader of the event log from its beginning. ``records_lost``:
+    records the log deleted before this reader read them (retention), so far."""
+
+    records_lost: int
 
     def read(self, max_records: int, timeout_s: float) -> list[bytes]: ...
 
@@ -128,6 +132,8 @@ class SqliteSource:
         self._path = path
         self._poll_s = poll_s
         self._connection: sqlite3.Connection | None = None
+        # Not tracked: the embedded log's trim waits for consumer groups, not for this reader.
+        self.records_lost = 0
         self._after = 0  # last offset read; offsets start at 1
         self._end_at_start: int | None = None
 
@@ -166,22 +172,44 @@ class SqliteSource:
             self._connection = None
 
 
+# What records deleted before the tailer read them mean, in its ERROR line (service.log_gaps).
+SEEN_GAP_CONSEQUENCE = (
+    "this server's seen-items index misses those events' pairs, so recommendations may include "
+    "items those users already interacted with (until the users interact with them again)"
+)
+ATTRIBUTION_GAP_CONSEQUENCE = "outcome attribution misses those events (hits are undercounted)"
+
+
 class KafkaSource:
     """Reads every partition of the topic from the beginning with no consumer group; with
     ``since_s`` (epoch seconds), the partitions that exist at the first read from their first
     record stamped at or after it instead (nothing to catch up on: ``at_end`` at once; however
     late the reader is assigned, no record of that time on is skipped; partitions added later
-    still from their start)."""
+    still from their start).
 
-    def __init__(self, bootstrap_servers: str, topic: str, since_s: float | None = None) -> None:
+    Positions are never moved silently (``auto_offset_reset="none"``, like ``ccd indexer``): when
+    retention deleted records before this reader got to them, ``service.log_gaps`` logs one ERROR
+    naming the partition, the offsets lost and ``consequence``, adds them to ``records_lost``,
+    and the reader goes on from the oldest record left."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topic: str,
+        since_s: float | None = None,
+        consequence: str = SEEN_GAP_CONSEQUENCE,
+    ) -> None:
         from kafka import KafkaConsumer
 
         self._topic = topic
         self._since_ms = None if since_s is None else int(since_s * 1000)
+        self._consequence = consequence
+        self.records_lost = 0
         self._consumer = KafkaConsumer(
             bootstrap_servers=bootstrap_servers,
             group_id=None,
             enable_auto_commit=False,
+            auto_offset_reset="none",
             client_id="ccd-seen-tailer",
         )
         self._targets: dict = {}
@@ -225,13 +253,29 @@ class KafkaSource:
             self._reached_end = True  # no topic yet: nothing to catch up on
             time.sleep(timeout_s)
             return []
-        batches = self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        batches = self._poll(max_records, timeout_s)
         values = [record.value for records in batches.values() for record in records]
         if not self._reached_end:
             self._reached_end = all(
                 self._consumer.position(tp) >= end for tp, end in self._targets.items()
             )
         return values
+
+    def _poll(self, max_records: int, timeout_s: float) -> dict:
+        """The next records by partition; none when a position was gone and has just been placed
+        again (``service.log_gaps``; the next call reads from there)."""
+        from kafka.errors import NoOffsetForPartitionError, OffsetOutOfRangeError
+
+        try:
+            return self._consumer.poll(timeout_ms=int(timeout_s * 1000), max_records=max_records)
+        except NoOffsetForPartitionError as error:  # every partition is placed when assigned
+            partitions, lost_from = error.args[0], {}
+        except OffsetOutOfRangeError as error:  # retention deleted what was not read yet
+            partitions, lost_from = error.args[0], error.args[0]
+        self.records_lost += seek_to_start(
+            self._consumer, partitions, lost_from, "seen-items tailer", self._consequence, log
+        )
+        return {}
 
     def at_end(self) -> bool:
         return self._reached_end
@@ -242,10 +286,13 @@ class KafkaSource:
 
 def source_for(settings: Settings, from_now: bool = False) -> Callable[[], EventSource]:
     """The reader matching the configured event log (Kafka, else the embedded SQLite log);
-    ``from_now`` (Kafka only): from the records stamped at or after the reader's opening."""
+    ``from_now`` (Kafka only): from the records stamped at or after the reader's opening, for
+    outcome attribution alone (what a gap in the log costs, in its ERROR line)."""
     if settings.uses_kafka:
         servers, topic = settings.kafka_bootstrap_servers, settings.kafka_topic
-        return lambda: KafkaSource(servers, topic, time.time() if from_now else None)
+        if from_now:
+            return lambda: KafkaSource(servers, topic, time.time(), ATTRIBUTION_GAP_CONSEQUENCE)
+        return lambda: KafkaSource(servers, topic)
     path = settings.event_log_path
     return lambda: SqliteSource(path)
 
@@ -302,6 +349,7 @@ class SeenTailer:
         self._timeout_s = timeout_s
         self._stop = threading.Event()
         self.caught_up = threading.Event()
+        self.records_lost = 0  # deleted from the log before they were read (all readers opened)
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -312,11 +360,16 @@ class SeenTailer:
 
     def _run(self) -> None:
         source: EventSource | None = None
+        counted = 0  # of source.records_lost
         while not self._stop.is_set():
             try:
                 if source is None:
-                    source = self._open_source()
+                    source, counted = self._open_source(), 0
                 self._consume(source.read(self._batch_size, self._timeout_s))
+                if source.records_lost > counted:
+                    self.records_lost += source.records_lost - counted
+                    self._metrics.seen_records_lost.inc(source.records_lost - counted)
+                    counted = source.records_lost
                 if source.at_end():
                     self.caught_up.set()
             except Exception:

@@ -6,6 +6,9 @@ versions come from Redis, announced over its pub/sub channel.
 
 from __future__ import annotations
 
+import logging
+
+import pytest
 from fastapi.testclient import TestClient
 
 from contracts.event_log import KafkaEventLog
@@ -40,6 +43,49 @@ def test_kafka_tailer_reads_all_partitions_from_the_start(service_settings: Sett
     finally:
         tailer.stop()
         log.close()
+
+
+def test_kafka_tailer_names_records_retention_deleted_unread_and_goes_on_from_the_oldest(
+    service_settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    from kafka import KafkaAdminClient, TopicPartition
+
+    log = KafkaEventLog(service_settings)  # one partition: offsets are the append order
+    topic = service_settings.kafka_topic
+    log.append([InteractionEvent(user_id=f"a{n}", item_id="i") for n in range(5)])
+    source = KafkaSource(service_settings.kafka_bootstrap_servers, topic)
+    first: list[bytes] = []
+    wait_until(lambda: bool(first.extend(source.read(100, 0.2))) or len(first) == 5, TIMEOUT_S)
+    # While the reader reads nothing, 5 events arrive and retention deletes them, then 5 more.
+    log.append([InteractionEvent(user_id=f"b{n}", item_id="i") for n in range(5)])
+    admin = KafkaAdminClient(bootstrap_servers=service_settings.kafka_bootstrap_servers)
+    admin.delete_records({TopicPartition(topic, 0): 10})
+    admin.close()
+    log.append([InteractionEvent(user_id=f"c{n}", item_id="i") for n in range(5)])
+    seen, metrics = SeenItems(), ServiceMetrics()
+    tailer = SeenTailer(lambda: source, seen, metrics)
+    with caplog.at_level(logging.INFO, logger="service.seen"):
+        tailer.start()
+        try:
+            # Not a silent jump to the end: the records left after the gap are read.
+            wait_until(lambda: seen.n_users == 5, TIMEOUT_S)
+            assert [seen.items_of(user) for user in ("b0", "b4", "c0", "c4")] == [
+                frozenset(),  # deleted before the tailer read them, and said so
+                frozenset(),
+                frozenset({"i"}),
+                frozenset({"i"}),
+            ]
+            errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+            assert len(errors) == 1, caplog.text
+            assert f"records 5..9 of {topic}/0 were deleted by retention" in errors[0].message
+            assert "seen-items" in errors[0].message and "offset 10" in errors[0].message
+            assert metrics.registry.get_sample_value("ccd_seen_records_lost_total") == 5
+            assert tailer.records_lost == 5
+            log.append([InteractionEvent(user_id="d0", item_id="i")])  # and it follows on
+            wait_until(lambda: seen.items_of("d0") == {"i"}, TIMEOUT_S)
+        finally:
+            tailer.stop()
+            log.close()
 
 
 def test_app_on_kafka_and_redis(service_settings: Settings) -> None:
