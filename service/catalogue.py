@@ -260,6 +260,9 @@ class CatalogueView:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._outage = OutageLog(log, "catalogue store")
+        # Set by the first complete read of the store (``/health/ready`` waits for it: before
+        # it, availability and category filters would not know the items).
+        self.loaded = threading.Event()
 
     @property
     def store(self) -> CatalogueStore:
@@ -352,8 +355,8 @@ class CatalogueView:
                     self._build(model)
 
     def start(self) -> None:
-        """Reads the catalogue once (an unreachable store is retried by the thread), then
-        follows it in a thread."""
+        """Reads the catalogue once (an unreachable store is retried by the thread; ``loaded``
+        is set by the first read that succeeds), then follows it in a thread."""
         self._poll()
         self._thread = threading.Thread(target=self._run, name="catalogue", daemon=True)
         self._thread.start()
@@ -367,6 +370,7 @@ class CatalogueView:
                 log.exception("refreshing the catalogue failed")
             self._outage.failed(error)
             return
+        self.loaded.set()
         self._outage.succeeded()
 
     def _run(self) -> None:

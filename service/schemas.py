@@ -76,6 +76,18 @@ class Readiness(BaseModel):
     seen_caught_up: bool = Field(
         description="Whether the seen-items index has read the event log up to its end at start"
     )
+    catalogue_loaded: bool = Field(
+        description="Whether the item catalogue has been read once (availability and category "
+        "filters need it)"
+    )
+    reasons: list[str] = Field(
+        default_factory=list, description="Why the server is not ready (empty when it is)"
+    )
+    seen_records_lost: int = Field(
+        0,
+        description="Event-log records retention deleted before the seen-items tailer read them "
+        "(their pairs are missing from the index; the server stays ready, the log says which)",
+    )
 
 
 class ModelInfo(BaseModel):

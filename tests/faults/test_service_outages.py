@@ -6,6 +6,8 @@
   broker is back. Every event answered 202 is found in the topic afterwards.
 - Redis down: the server keeps serving the model it has (and stays ready); it reports not-ready
   only while it has none; reloads resume once Redis is back.
+- Catalogue (in Redis) unread at start: not ready, saying why, until it has been read once, so
+  no list served before holds an item the catalogue hides.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from fastapi.testclient import TestClient
 from kafka import KafkaConsumer, TopicPartition
 from pydantic import SecretStr
 
+from contracts.catalogue import RedisCatalogue
 from contracts.events import InteractionEvent
 from contracts.model_store import FileModelStore, RedisModelStore
 from contracts.settings import Settings
@@ -213,6 +216,48 @@ def test_redis_outage_keeps_the_served_model_and_reloads_resume(
                 reload_after_recovery_s=round(time.monotonic() - restarted_at, 1),
             )
         publisher.close()
+    finally:
+        redis.stop()
+
+
+def test_a_server_is_not_ready_until_it_has_read_the_catalogue_once(
+    tmp_path: Path, unique_name: str
+) -> None:
+    redis = OwnRedis(tmp_path)
+    redis.start()
+    try:
+        catalogue = RedisCatalogue(redis.url, unique_name)
+        catalogue.hide(["i2"])  # u0's first item is unavailable
+        catalogue.close()
+        redis.kill()
+        settings = Settings(
+            kafka_bootstrap_servers=None,
+            redis_url=redis.url,
+            redis_prefix=unique_name,
+            data_dir=tmp_path / "data",
+            reload_poll_s=0.2,
+            catalogue_poll_s=0.2,
+        )
+        store = FileModelStore(tmp_path / "models")  # the model is there, the catalogue is not
+        store.publish(make_snapshot())
+        with TestClient(create_app(settings, store=store)) as client:
+            wait_until(lambda: client.get("/health/ready").json()["seen_caught_up"], 30)
+            wait_until(lambda: client.get("/health/ready").json()["model_version"] == 1, 30)
+            time.sleep(1.0)  # a few catalogue polls fail
+            ready = client.get("/health/ready")
+            assert ready.status_code == 503, ready.text
+            assert ready.json()["catalogue_loaded"] is False
+            assert ready.json()["reasons"] == [
+                "the item catalogue has not been read yet (is its store reachable?)"
+            ]
+            redis.start()  # the append-only file brings the catalogue back
+            wait_until(lambda: client.get("/health/ready").status_code == 200, 30)
+            assert client.get("/health/ready").json()["reasons"] == []
+            assert top2(client) == (1, ["i3", "i0"])  # i2 hidden
+            redis.kill()  # read once is enough: an outage later keeps the server ready
+            time.sleep(0.5)
+            assert client.get("/health/ready").status_code == 200
+            assert top2(client) == (1, ["i3", "i0"])
     finally:
         redis.stop()
 
