@@ -6,12 +6,18 @@ collide on metric names.
 
 from __future__ import annotations
 
+import math
+import threading
 import time
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# The seen-items counts are read for /metrics and the dashboard at most this often (in Redis
+# mode one HMGET of {prefix}:seen-stats, however many scrapers and dashboards poll).
+SEEN_COUNTS_MAX_AGE_S = 5.0
 
 
 class ServiceMetrics:
@@ -84,6 +90,8 @@ class ServiceMetrics:
         self.seen_pairs = Gauge(
             "ccd_seen_pairs", "Distinct (user, item) pairs in the seen-items index", registry=r
         )
+        self._seen_counts_read_at = -math.inf
+        self._seen_counts_lock = threading.Lock()
 
         self.impressions = Counter(
             "ccd_impressions", "Recommendation answers recorded as impressions", registry=r
@@ -119,6 +127,27 @@ class ServiceMetrics:
             ["version", "arm"],
             registry=r,
         )
+
+    def refresh_seen_counts(
+        self,
+        counts: Callable[[], tuple[int, int] | None],
+        max_age_s: float = SEEN_COUNTS_MAX_AGE_S,
+    ) -> tuple[int, int] | None:
+        """Sets ``ccd_seen_users`` / ``ccd_seen_pairs`` from ``counts`` (the seen index's: the
+        ``{prefix}:seen-stats`` hash in Redis mode, whoever wrote the pairs), calling it at most
+        once per ``max_age_s``; NaN while it answers None (Redis unreachable). Returns the
+        counts the gauges hold (None: unknown). In memory mode the tailer also sets them."""
+        with self._seen_counts_lock:
+            if time.monotonic() - self._seen_counts_read_at >= max_age_s:
+                self._seen_counts_read_at = time.monotonic()
+                read = counts()
+                self.seen_users.set(math.nan if read is None else read[0])
+                self.seen_pairs.set(math.nan if read is None else read[1])
+        users = self.registry.get_sample_value("ccd_seen_users")
+        pairs = self.registry.get_sample_value("ccd_seen_pairs")
+        if users is None or pairs is None or math.isnan(users) or math.isnan(pairs):
+            return None
+        return int(users), int(pairs)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -56,6 +56,9 @@ class SeenIndex(Protocol):
     @property
     def n_pairs(self) -> int | None: ...
 
+    def counts(self) -> tuple[int, int] | None:
+        """(n_users, n_pairs) read together (None if unknown: Redis unreachable)."""
+
     def close(self) -> None: ...
 
 
@@ -107,6 +110,10 @@ class SeenItems:
     @property
     def n_pairs(self) -> int:
         return self._pairs
+
+    def counts(self) -> tuple[int, int]:
+        with self._lock:
+            return len(self._by_user), self._pairs
 
 
 class EventSource(Protocol):

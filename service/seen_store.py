@@ -25,8 +25,10 @@ Failures: reads go through a ``CircuitBreaker``; a failed read (Redis down, or s
 Retry-After, never with a list that might hold seen items. While the breaker is open, reads fail
 at once, without a Redis round trip, for ``cooldown_s``.
 
-Counts (``n_users``, ``n_pairs``, for the dashboard) are kept in the hash ``{prefix}:seen-stats``
-by whoever adds pairs; under concurrent writers of the same new user they are approximate.
+Counts (``n_users``, ``n_pairs``, ``counts``: the ``ccd_seen_users`` / ``ccd_seen_pairs`` gauges
+and the dashboard, read at most every 5 s, ``service.metrics.SEEN_COUNTS_MAX_AGE_S``) are kept
+in the hash ``{prefix}:seen-stats`` by whoever adds pairs; under concurrent writers of the same
+new user they are approximate.
 """
 
 from __future__ import annotations
@@ -155,6 +157,15 @@ class RedisSeenIndex:
         except Exception:  # the dashboard shows "unknown" rather than failing
             return None
         return int(value or 0)
+
+    def counts(self) -> tuple[int, int] | None:
+        """(users, pairs) in one round trip (approximate; None if Redis cannot answer).
+        ``ServiceMetrics.refresh_seen_counts`` reads it for /metrics and the dashboard."""
+        try:
+            users, pairs = self._redis.hmget(self._stats_key, ["users", "pairs"])
+        except Exception:  # the gauges say "unknown" (NaN) rather than failing the scrape
+            return None
+        return int(users or 0), int(pairs or 0)
 
     @property
     def n_users(self) -> int | None:

@@ -148,12 +148,13 @@ def _ops(state: ServiceState) -> dict[str, Any]:
     registry = state.metrics.registry
     served = state.holder.model
     newest = (served.meta.get("data_range") or {}).get("last_timestamp") if served else None
+    seen = state.metrics.refresh_seen_counts(state.seen.counts)  # the gauges' figures
     return {
         "now": time.time(),
         "events_accepted": registry.get_sample_value("ccd_events_accepted_total") or 0.0,
         "events_read": registry.get_sample_value("ccd_seen_events_total") or 0.0,
-        "seen_users": state.seen.n_users,
-        "seen_pairs": state.seen.n_pairs,
+        "seen_users": None if seen is None else seen[0],
+        "seen_pairs": None if seen is None else seen[1],
         "model_staleness_s": None if newest is None else max(0.0, time.time() - newest),
         "latency": latency_percentiles(state.metrics),
     }

@@ -16,6 +16,7 @@ def build_router() -> APIRouter:
         """Request counts and latency, model version and reloads, events accepted, seen index,
         impressions and their online hit rate."""
         state.attribution.stats()  # refreshes the ccd_online_hit_rate gauges
+        state.metrics.refresh_seen_counts(state.seen.counts)  # Redis: at most every 5 s
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return router

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from contracts.event_log import SqliteEventLog
 from contracts.events import InteractionEvent
 from contracts.settings import Settings
@@ -57,3 +59,19 @@ def test_tailer_waits_for_a_log_that_does_not_exist_yet(settings: Settings) -> N
         log.close()
     finally:
         tailer.stop()
+
+
+def test_the_seen_gauges_read_the_counts_at_most_once_per_max_age() -> None:
+    metrics, calls = ServiceMetrics(), []
+
+    def counts() -> tuple[int, int] | None:
+        calls.append(1)
+        return None if len(calls) == 3 else (len(calls), 10 * len(calls))
+
+    assert metrics.refresh_seen_counts(counts, max_age_s=60) == (1, 10)
+    assert metrics.refresh_seen_counts(counts, max_age_s=60) == (1, 10)  # no second read
+    assert metrics.refresh_seen_counts(counts, max_age_s=0) == (2, 20)
+    assert metrics.registry.get_sample_value("ccd_seen_pairs") == 20
+    assert metrics.refresh_seen_counts(counts, max_age_s=0) is None  # the store did not answer
+    assert math.isnan(metrics.registry.get_sample_value("ccd_seen_users") or 0.0)
+    assert len(calls) == 3

@@ -21,6 +21,7 @@ from contracts.model_store import RedisModelStore
 from contracts.settings import Settings
 from service.app import create_app
 from service.indexer import SeenIndexer, open_indexer_consumer
+from service.metrics import SEEN_COUNTS_MAX_AGE_S
 from service.seen_store import RedisSeenIndex, SeenUnavailable, seen_key
 from tests.faults.harness import OwnRedis
 from tests.service.conftest import make_snapshot, wait_until
@@ -75,6 +76,34 @@ def test_sets_per_user_are_idempotent_read_in_order_and_counted(
         assert seen_key(unique_name, "u{1}").endswith(":seen:{u%7B1%7D}")  # the hash tag
         raw.close()
     finally:
+        index.close()
+
+
+def metric(client: TestClient, name: str) -> float | None:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return None
+
+
+def test_the_seen_gauges_report_the_counts_in_redis(redis_settings: Settings) -> None:
+    assert redis_settings.redis_url is not None
+    index = RedisSeenIndex(redis_settings.redis_url, redis_settings.redis_prefix)
+    store = RedisModelStore(redis_settings.redis_url, redis_settings.redis_prefix)
+    try:
+        index.add([("a", "x"), ("a", "y"), ("b", "x")])  # as ccd indexer writes them
+        store.publish(make_snapshot())
+        with TestClient(create_app(redis_settings)) as client:
+            wait_until(lambda: client.get("/health/ready").status_code == 200, 30.0)
+            assert (metric(client, "ccd_seen_users"), metric(client, "ccd_seen_pairs")) == (2, 3)
+            client.post("/events", json={"user_id": "c", "item_id": "x"})  # 1 user, 1 pair more
+            index.add([("a", "z")])  # another writer: 1 pair more
+            wait_until(lambda: metric(client, "ccd_seen_pairs") == 5, SEEN_COUNTS_MAX_AGE_S + 5)
+            assert metric(client, "ccd_seen_users") == 3
+            ops = client.get("/dashboard/api/overview").json()["ops"]
+            assert (ops["seen_users"], ops["seen_pairs"]) == (3, 5)
+    finally:
+        store.close()
         index.close()
 
 
