@@ -33,12 +33,16 @@ def test_live_always_ready_only_after_a_model(
     response = client.get("/health/ready")
     assert response.status_code == 503
     assert response.json()["model_version"] is None
+    assert response.json()["reasons"][0] == "no model version loaded yet"  # (the log may be read)
     store.publish(make_snapshot())
     wait_until(lambda: client.get("/health/ready").status_code == 200)
     assert client.get("/health/ready").json() == {
         "status": "ready",
         "model_version": 1,
         "seen_caught_up": True,
+        "catalogue_loaded": True,
+        "reasons": [],
+        "seen_records_lost": 0,
     }
 
 
