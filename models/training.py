@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import copy
+import logging
 import math
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+log = logging.getLogger("ccd.models")
+PROGRESS_EVERY_S = 30.0  # a long fit logs its validations, at most one line per this many seconds
 
 
 @dataclass
@@ -49,6 +54,7 @@ def fit(
     eval_every: int,
     patience: int,
     skip_unselectable: bool = False,
+    label: str | None = None,
 ) -> FitResult:
     """Train ``max_epochs`` epochs, keep the best validated state and restore it at the end.
 
@@ -65,12 +71,16 @@ def fit(
             selected (the best evaluated state is restored), so the returned state is the same
             as with them, minus the code's wasted work (6 of 10 epochs run with eval_every=5).
             The CCD stages set it; ``epochs_run`` then counts the epochs actually run.
+        label: names the fit in progress lines (INFO on ``ccd.models``): a fit running long
+            enough logs its validations, at most one line every ``PROGRESS_EVERY_S`` seconds
+            (a Gowalla distillation runs for tens of minutes); short fits log nothing.
     """
     result = FitResult(best_score=-math.inf, best_epoch=-1, epochs_run=0, stopped_early=False)
     best_state = None
     bad_evals = 0
     if skip_unselectable and validate is not None and max_epochs > 0:
         max_epochs = (max_epochs - 1) // eval_every * eval_every + 1  # through the last evaluation
+    started = last_line = time.perf_counter()
     for epoch in range(max_epochs):
         loss = float(train_epoch(epoch))
         result.epochs_run = epoch + 1
@@ -84,6 +94,14 @@ def fit(
             else:
                 bad_evals += 1
         result.history.append((epoch, loss, score))
+        now = time.perf_counter()
+        if label is not None and score is not None and now - last_line >= PROGRESS_EVERY_S:
+            last_line = now
+            log.info(
+                "%s: epoch %d of at most %d, valid %.4f (best %.4f at epoch %d), %.0f s so far",
+                label, epoch, max_epochs - 1, score, result.best_score, result.best_epoch,
+                now - started,
+            )  # fmt: skip
         if patience > 0 and bad_evals >= patience:
             result.stopped_early = True
             break

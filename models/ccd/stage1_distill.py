@@ -390,6 +390,7 @@ def distill(
         cfg.eval_every if cfg.kd_eval_every is None else cfg.kd_eval_every,
         cfg.patience if cfg.kd_patience is None else cfg.kd_patience,
         skip_unselectable=True,
+        label="Stage 1 distillation",
     )
     student.eval()
     return KDResult(student, lists, result)

@@ -210,6 +210,7 @@ def update_student(
         cfg.eval_every,
         cfg.patience,
         skip_unselectable=True,
+        label="Stage 2 student update",
     )
     student.eval()
     return StudentUpdateResult(student, result, len(replay["set"]), exclusion)

@@ -412,6 +412,7 @@ def update_member(
         cfg.eval_every,
         cfg.patience,
         skip_unselectable=True,
+        label=f"Stage 3 {type(member).__name__} update",
     )
     member.eval()
     return result
@@ -567,6 +568,7 @@ def _update_vae(
         cfg.eval_every,
         cfg.patience,
         skip_unselectable=True,
+        label="Stage 3 MultVAE update",
     )
     vae.eval()
     return result
@@ -664,6 +666,7 @@ def train_base_member(member: Member, block: BlockData, cfg: CCDConfig, seed: in
         cfg.base_eval_every,
         cfg.base_patience,
         skip_unselectable=True,
+        label=f"base training of a {type(member).__name__} teacher",
     )
     member.eval()
     return result

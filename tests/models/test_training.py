@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from models import training
 from models.training import adam, fit
 
 
@@ -49,6 +50,21 @@ def test_fit_ties_do_not_count_as_improvement() -> None:
     rec = Recorder([0.4, 0.4, 0.4, 0.9])
     result = fit(rec.train_epoch, rec.validate, rec.module, max_epochs=4, eval_every=1, patience=2)
     assert result.best_epoch == 0 and result.epochs_run == 3
+
+
+def test_a_long_labelled_fit_logs_its_validations(monkeypatch, caplog) -> None:
+    rec = Recorder([0.1, 0.5, 0.3, 0.2])
+    with caplog.at_level("INFO", logger="ccd.models"):
+        fit(rec.train_epoch, rec.validate, rec.module, max_epochs=4, eval_every=2, patience=0)
+        fit(rec.train_epoch, rec.validate, rec.module, 4, 2, 0, label="quick fit")
+        assert caplog.messages == []  # unlabelled, or labelled but done within the interval
+        monkeypatch.setattr(training, "PROGRESS_EVERY_S", 0.0)  # every validation is "long"
+        fit(rec.train_epoch, rec.validate, rec.module, 4, 2, 0, label="Stage 1 distillation")
+    assert [m.split(", valid")[0] for m in caplog.messages] == [
+        "Stage 1 distillation: epoch 0 of at most 3",
+        "Stage 1 distillation: epoch 2 of at most 3",
+    ]
+    assert "valid 0.3000 (best 0.3000 at epoch 2)" in caplog.messages[1]
 
 
 def test_fit_without_validation_keeps_the_last_state() -> None:
