@@ -654,15 +654,17 @@ def save_base(out: Path, base: CCDLearner, report: BlockReport) -> None:
     tmp.replace(path)
 
 
-def load_base(source: Path, cfg: CCDConfig) -> tuple[CCDLearner, BlockReport]:
-    """A finished D0 from another run's folder, continued under ``cfg``. Settings that shaped
-    D0 (teachers, base training, Stage 1) come from that run; they are logged when they differ."""
+def load_base(source: Path, cfg: CCDConfig | None = None) -> tuple[CCDLearner, BlockReport]:
+    """A finished D0 from another run's folder, continued under ``cfg`` (None: its own). Settings
+    that shaped D0 (teachers, base training, Stage 1) come from that run; they are logged when
+    they differ."""
     path = _base_path(source)
     if not path.exists():
         raise FileNotFoundError(f"--base-from: no base training at {path}")
     state = torch.load(path, weights_only=False, pickle_module=MOVED_PICKLE)  # by save_base
     base = CCDLearner()
     base.load_state_dict(state["learner"])
+    cfg = base.config if cfg is None else cfg
     differ = sorted(k for k, v in cfg.to_dict().items() if base.config.to_dict().get(k) != v)
     if differ:
         log.warning("--base-from %s: its D0 ran with other values of %s; D1.. use this run's",

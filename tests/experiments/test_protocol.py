@@ -8,6 +8,8 @@ import io
 import json
 import math
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -427,3 +429,21 @@ def test_resume_skips_the_methods_that_already_learned_the_unfinished_block(
     assert ccd_blocks == []  # D2 was the last block and ccd had learned it before the kill
     before = json.loads((FIXTURES / "replay_summary.json").read_text())
     assert_close(json.loads((out / "summary.json").read_text()), before)
+
+
+def test_distill_d0_script_redistils_a_saved_base_under_other_settings(replay_run) -> None:
+    """scripts/distill_d0.py: the settings probe behind docs/results' choices of Stage 1."""
+    data, out = replay_run
+    script = Path(__file__).parents[2] / "scripts" / "distill_d0.py"
+    command = [sys.executable, str(script), "--base", str(out), "--dataset", str(data)]
+    done = subprocess.run(
+        [*command, "--set", "kd_user_rrd=per_epoch", "--set", "kd_rrd_weight=0.3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("the base's own distillation: valid R@20 0.")
+    assert lines[-1].startswith("kd_user_rrd=per_epoch kd_rrd_weight=0.3: best valid R@20 0.")
+    assert "Stage 1 distillation: epoch 0 of at most" in done.stderr  # the curve, as it runs
