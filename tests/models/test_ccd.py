@@ -29,14 +29,7 @@ from models.metrics import ranking_metrics, union_pairs
 from tests.models.helpers import N_BLOCKS, held_out_recall, synthetic_stream
 from tests.models.test_ensemble import direct_rank_ensemble
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: one torch thread avoids OpenMP contention on a busy machine (~5x faster)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_config(**overrides) -> CCDConfig:

@@ -24,14 +24,7 @@ from models.data import split_block, user_item_lists
 from models.members import build_member
 from models.metrics import embedding_scorer, ranking_metrics
 
-
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Tiny tensors: one torch thread avoids OpenMP contention on a busy machine (~5x faster)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 # Teacher scores (3 users x 5 items); train: u0 -> {0}, u1 -> {1, 2}.
