@@ -1,4 +1,4 @@
-"""Where a Kafka reader of the event log goes when its position is gone, said out loud.
+"""Where a reader of the event log goes when its position is gone, said out loud.
 
 Both of the service's readers of the topic, ``ccd indexer`` (``service.indexer``) and the server's
 seen-items tailer (``service.seen.KafkaSource``), open their consumer with
@@ -18,6 +18,11 @@ and says why:
 * no position (a new group or partition): INFO, read from its start; nothing lost.
 
 Cost: one ``beginning_offsets`` request per call, made only when a position is gone.
+
+The embedded SQLite log has no positions to lose, but its retention trim
+(``contracts/event_log.py``) waits only for consumer groups, not for the seen-items tailer:
+``service.seen.SqliteSource`` finds the hole as a jump in ``seq`` and reports it with the same
+ERROR line (``log_lost``).
 """
 
 from __future__ import annotations
@@ -48,16 +53,7 @@ def seek_to_start(
         where = f"{partition.topic}/{partition.partition}"
         if partition in lost_from and lost_from[partition] < start:
             lost += start - lost_from[partition]
-            log.error(
-                "records %d..%d of %s were deleted by retention before the %s read them: %s; "
-                "going on from offset %d",
-                lost_from[partition],
-                start - 1,
-                where,
-                reader,
-                consequence,
-                start,
-            )
+            log_lost(log, lost_from[partition], start, where, reader, consequence)
         elif partition in lost_from:
             log.error(
                 "the %s's position %d in %s is past its end (the topic was re-created): reading "
@@ -71,3 +67,20 @@ def seek_to_start(
             log.info("%s has no position for the %s: reading from offset %d", where, reader, start)
         consumer.seek(partition, start)
     return lost
+
+
+def log_lost(
+    log: logging.Logger, first: int, going_on_from: int, where: str, reader: str, consequence: str
+) -> None:
+    """The one ERROR line for records ``first .. going_on_from - 1`` of ``where`` that retention
+    deleted before ``reader`` read them."""
+    log.error(
+        "records %d..%d of %s were deleted by retention before the %s read them: %s; "
+        "going on from offset %d",
+        first,
+        going_on_from - 1,
+        where,
+        reader,
+        consequence,
+        going_on_from,
+    )

@@ -31,7 +31,7 @@ from typing import Protocol
 import orjson
 
 from contracts.settings import Settings
-from service.log_gaps import seek_to_start
+from service.log_gaps import log_lost, seek_to_start
 from service.metrics import ServiceMetrics
 from service.seen_store import RedisSeenIndex
 
@@ -130,16 +130,28 @@ class EventSource(Protocol):
     def close(self) -> None: ...
 
 
+# What records deleted before the tailer read them mean, in its ERROR line (service.log_gaps).
+SEEN_GAP_CONSEQUENCE = (
+    "this server's seen-items index misses those events' pairs, so recommendations may include "
+    "items those users already interacted with (until the users interact with them again)"
+)
+ATTRIBUTION_GAP_CONSEQUENCE = "outcome attribution misses those events (hits are undercounted)"
+
+
 class SqliteSource:
     """Reads the embedded log's ``messages`` table (``contracts/event_log.py``: ``seq`` is the
     offset, ``value`` the wire message) in offset order. Only SELECTs: WAL mode lets this run
     beside the server's and the producer's appends."""
 
-    def __init__(self, path: Path, poll_s: float = 0.2) -> None:
+    def __init__(
+        self, path: Path, poll_s: float = 0.2, consequence: str = SEEN_GAP_CONSEQUENCE
+    ) -> None:
         self._path = path
         self._poll_s = poll_s
+        self._consequence = consequence
         self._connection: sqlite3.Connection | None = None
-        # Not tracked: the embedded log's trim waits for consumer groups, not for this reader.
+        # The log's trim waits for consumer groups, not for this reader: offsets are gap-free
+        # (AUTOINCREMENT, one writer transaction at a time), so a jump past ``_after`` is a trim.
         self.records_lost = 0
         self._after = 0  # last offset read; offsets start at 1
         self._end_at_start: int | None = None
@@ -165,10 +177,26 @@ class SqliteSource:
             (self._after, max_records),
         )
         if rows:
+            self._count_trimmed(int(rows[0][0]))
             self._after = int(rows[-1][0])
         else:
             time.sleep(min(timeout_s, self._poll_s))
         return [bytes(value) for _, value in rows]
+
+    def _count_trimmed(self, first_read: int) -> None:
+        """Counts and reports the offsets between the last one read and ``first_read``. Before
+        the first read nothing is lost: like a new Kafka reader, this one starts at the oldest
+        record still there (whatever was trimmed before was learned and committed)."""
+        if self._after > 0 and first_read > self._after + 1:
+            self.records_lost += first_read - self._after - 1
+            log_lost(
+                log,
+                self._after + 1,
+                first_read,
+                str(self._path),
+                "seen-items tailer",
+                self._consequence,
+            )
 
     def at_end(self) -> bool:
         return self._end_at_start is not None and self._after >= self._end_at_start
@@ -177,14 +205,6 @@ class SqliteSource:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
-
-
-# What records deleted before the tailer read them mean, in its ERROR line (service.log_gaps).
-SEEN_GAP_CONSEQUENCE = (
-    "this server's seen-items index misses those events' pairs, so recommendations may include "
-    "items those users already interacted with (until the users interact with them again)"
-)
-ATTRIBUTION_GAP_CONSEQUENCE = "outcome attribution misses those events (hits are undercounted)"
 
 
 class KafkaSource:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import math
+import time
 
-from contracts.event_log import SqliteEventLog
+import pytest
+
+from contracts.event_log import SqliteEventConsumer, SqliteEventLog
 from contracts.events import InteractionEvent
 from contracts.settings import Settings
 from service.metrics import ServiceMetrics
@@ -59,6 +63,41 @@ def test_tailer_waits_for_a_log_that_does_not_exist_yet(settings: Settings) -> N
         log.close()
     finally:
         tailer.stop()
+
+
+def test_a_trim_past_the_tailer_is_counted_and_said(
+    settings: Settings, event_log: SqliteEventLog, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The embedded log's retention waits for consumer groups only: records the trainer
+    committed while this reader was behind are deleted under it (offsets 3..5 here)."""
+    event_log.append([InteractionEvent(user_id="a", item_id=f"x{i}") for i in range(2)])
+    source = SqliteSource(settings.event_log_path)
+    assert len(source.read(10, 0.0)) == 2
+    later = [InteractionEvent(user_id="a", item_id=f"y{i}") for i in range(5)]
+    event_log.append(later)
+    trainer = SqliteEventConsumer(settings.event_log_path, "trainer")
+    trainer.commit(trainer.poll(5, 0.0))  # offsets 1..5 learned and committed
+    assert trainer.trim(time.time() + 1) == 5
+    trainer.close()
+    with caplog.at_level(logging.ERROR, logger="service.seen"):
+        assert source.read(10, 0.0) == [event.to_bytes() for event in later[3:]]
+    assert source.records_lost == 3
+    assert "records 3..5 of" in caplog.text and "going on from offset 6" in caplog.text
+    source.close()
+
+
+def test_a_reader_opened_after_a_trim_loses_nothing(
+    settings: Settings, event_log: SqliteEventLog
+) -> None:
+    event_log.append([InteractionEvent(user_id="a", item_id=f"x{i}") for i in range(4)])
+    trainer = SqliteEventConsumer(settings.event_log_path, "trainer")
+    trainer.commit(trainer.poll(2, 0.0))
+    trainer.trim(time.time() + 1)
+    trainer.close()
+    source = SqliteSource(settings.event_log_path)
+    assert len(source.read(10, 0.0)) == 2
+    assert source.records_lost == 0 and source.at_end()
+    source.close()
 
 
 def test_the_seen_gauges_read_the_counts_at_most_once_per_max_age() -> None:
