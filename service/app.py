@@ -252,4 +252,33 @@ def create_app(
     app.include_router(stats.build_router())
     app.include_router(dashboard.build_router())
     app.mount("/dashboard/static", dashboard.static_files(), name="dashboard-static")
+    _document_answers_before_routing(app)
     return app
+
+
+def _document_answers_before_routing(app: FastAPI) -> None:
+    """Adds to the OpenAPI schema two answers Starlette and FastAPI give before any route runs,
+    so a client generated from the schema knows them: 400 where a body's bytes cannot be parsed
+    at all (not UTF-8, say), and 404 where a path parameter is empty (or, for one that cannot
+    hold ``/``, holds one): such a URL matches no operation."""
+    build_schema = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build_schema()
+            error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorMessage"}}}
+            for path, operations in schema["paths"].items():
+                for operation in operations.values():
+                    answers = operation["responses"]
+                    if "requestBody" in operation:
+                        answers.setdefault(
+                            "400", {"description": "The body could not be parsed", "content": error}
+                        )
+                    if "{" in path:
+                        answers.setdefault(
+                            "404", {"description": "The URL matches no operation", "content": error}
+                        )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,5 +1,6 @@
 """Hostile input, generated: schemathesis drives every operation of the OpenAPI schema with
-inputs that fit it and inputs that break it; no answer may be a 5xx.
+inputs that fit it and inputs that break it; no answer may be a 5xx, and every answer must be
+one the schema documents (status code, content type, body), so clients generated from it hold.
 
 The app runs in-process (ASGI) over the real embedded event log and model store, serving the
 hand-made model of ``tests/service/conftest.py``; admin operations are called with the right
@@ -23,7 +24,12 @@ import hypothesis
 import pytest
 import schemathesis
 from pydantic import SecretStr
-from schemathesis.checks import not_a_server_error
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+)
 
 from contracts.model_store import FileModelStore
 from contracts.settings import Settings
@@ -35,6 +41,13 @@ API_KEY = "fuzz-key"
 MAX_EXAMPLES = 60
 
 TALLY: Counter[str] = Counter()
+# No 5xx, and every answer is one the schema documents: its status, content type and body.
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
 
 # The app is built at import (schemathesis parametrizes from its schema at collection); its
 # data directory is only created, filled and removed by the `published_models` fixture. The
@@ -70,7 +83,7 @@ def test_no_input_gets_a_server_error(case: schemathesis.Case) -> None:
     headers = {"X-API-Key": API_KEY} if case.operation.path.startswith("/admin") else None
     response = case.call(headers=headers)
     TALLY[str(response.status_code)] += 1
-    case.validate_response(response, checks=[not_a_server_error])
+    case.validate_response(response, checks=CHECKS)
     label = f"{case.operation.method.upper()} {case.operation.path}"
     assert response.status_code < 500, (label, response.status_code, response.text[:500])
 
