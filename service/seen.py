@@ -321,7 +321,8 @@ def source_for(settings: Settings, from_now: bool = False) -> Callable[[], Event
             return lambda: KafkaSource(servers, topic, time.time(), ATTRIBUTION_GAP_CONSEQUENCE)
         return lambda: KafkaSource(servers, topic)
     path = settings.event_log_path
-    return lambda: SqliteSource(path)
+    consequence = ATTRIBUTION_GAP_CONSEQUENCE if from_now else SEEN_GAP_CONSEQUENCE
+    return lambda: SqliteSource(path, consequence=consequence)
 
 
 def parse_pair(raw: bytes) -> tuple[str, str] | None:
